@@ -1,0 +1,181 @@
+"""The one line reader and writer of every protocol: bounded lines, CRLF, dot-stuffing.
+
+* Command lines end in LF (a CR before it is dropped), so telnet clients that send LF
+  alone or one character per packet work; a line over its limit is consumed to its end
+  and reported as :class:`LineTooLong`, the session goes on.
+* Message data (SMTP DATA, RFC 5321 4.1.1.4) ends with ``<CRLF>.<CRLF>`` only: a bare
+  ``<LF>.<LF>`` or ``<CR>.<CR>`` inside the body never ends it (SMTP smuggling).
+* Timeouts raise :class:`Timeout`; a closed peer raises :class:`Closed`.
+* :meth:`LineIO.starttls` drops anything buffered before the handshake (RFC 3207 4.2).
+
+Attack surface: everything a peer sends passes through here first; no read is unbounded.
+"""
+
+from __future__ import annotations
+
+import re
+import socket
+import ssl
+
+CRLF = b"\r\n"
+END_OF_DATA = b"\r\n.\r\n"
+# RFC 5321 4.5.3.1.6: a text line is at most 1000 octets with its CRLF.
+_LONG_TEXT_LINE = re.compile(rb"[^\r\n]{999}")
+
+
+class Closed(Exception):
+    """The peer closed the connection."""
+
+
+class Timeout(Exception):
+    """No input within the current timeout."""
+
+
+class LineTooLong(Exception):
+    """A line exceeded its limit; it has been consumed."""
+
+
+class DataTooBig(Exception):
+    """Message data exceeded its limit; it has been consumed up to the end-of-data mark."""
+
+
+class DataLineTooLong(Exception):
+    """Message data contained a text line over 1000 octets; it has been consumed."""
+
+
+class LineIO:
+    """Buffered, bounded reads and whole writes on one connected socket."""
+
+    def __init__(self, sock: socket.socket, bufsize: int = 65536) -> None:
+        self.sock = sock
+        self.bufsize = max(bufsize, 4096)
+        self.buffer = bytearray()
+        self.bytes_in = 0
+        self.bytes_out = 0
+
+    # ---- reading ----
+    def settimeout(self, seconds: float | None) -> None:
+        self.sock.settimeout(seconds)
+
+    def _fill(self) -> None:
+        try:
+            chunk = self.sock.recv(self.bufsize)
+        except (socket.timeout, TimeoutError):
+            raise Timeout() from None
+        except ssl.SSLError as exc:
+            raise Closed(str(exc)) from None
+        except OSError as exc:
+            raise Closed(str(exc)) from None
+        if not chunk:
+            raise Closed("peer closed the connection")
+        self.bytes_in += len(chunk)
+        self.buffer += chunk
+
+    def readline(self, limit: int) -> bytes:
+        """One line without its line ending; at most ``limit`` bytes including CRLF."""
+        scanned = 0
+        while True:
+            index = self.buffer.find(b"\n", scanned)
+            if index >= 0:
+                if index + 1 > limit:
+                    del self.buffer[:index + 1]
+                    raise LineTooLong()
+                line = bytes(self.buffer[:index])
+                del self.buffer[:index + 1]
+                return line[:-1] if line.endswith(b"\r") else line
+            if len(self.buffer) > limit:
+                self._discard_line()
+                raise LineTooLong()
+            scanned = len(self.buffer)
+            self._fill()
+
+    def _discard_line(self) -> None:
+        while True:
+            index = self.buffer.find(b"\n")
+            if index >= 0:
+                del self.buffer[:index + 1]
+                return
+            self.buffer.clear()
+            self._fill()
+
+    def has_pending(self) -> bool:
+        """True when the peer has already sent more input (pipelining)."""
+        return bool(self.buffer)
+
+    def read_data(self, max_size: int) -> bytes:
+        """Message data up to ``<CRLF>.<CRLF>``, dot-unstuffed, with CRLF line ends.
+
+        ``max_size`` (0 = none) bounds what is kept; the rest is read and dropped so the
+        session stays in step, then :class:`DataTooBig` is raised.
+        """
+        buf = self.buffer
+        while len(buf) < 3 and b".\r\n".startswith(bytes(buf)):
+            self._fill()  # might be the end mark of an empty message
+        if buf.startswith(b".\r\n"):
+            del buf[:3]
+            return b""
+        scanned = 0
+        too_big = False
+        while True:
+            index = buf.find(END_OF_DATA, scanned)
+            if index >= 0:
+                body = bytes(buf[:index + 2])
+                del buf[:index + 5]
+                break
+            if max_size and len(buf) > max_size + 5:
+                too_big = True
+                del buf[:len(buf) - 4]  # keep what could start the end-of-data mark
+            scanned = max(0, len(buf) - 4)
+            self._fill()
+        if too_big:
+            raise DataTooBig()
+        if _LONG_TEXT_LINE.search(body):
+            raise DataLineTooLong()
+        # RFC 5321 4.5.2: a leading dot that the client doubled is removed.
+        if body.startswith(b".."):
+            body = body[1:]
+        return body.replace(b"\r\n..", b"\r\n.")
+
+    # ---- writing ----
+    def write(self, data: bytes) -> None:
+        try:
+            self.sock.sendall(data)
+        except (socket.timeout, TimeoutError):
+            raise Timeout() from None
+        except OSError as exc:
+            raise Closed(str(exc)) from None
+        self.bytes_out += len(data)
+
+    # ---- TLS ----
+    def starttls(self, context: ssl.SSLContext, server_side: bool = True,
+                 server_hostname: str | None = None) -> None:
+        self.buffer.clear()  # nothing sent before STARTTLS survives it
+        self.sock = context.wrap_socket(self.sock, server_side=server_side,
+                                        server_hostname=server_hostname)
+
+    def close(self) -> None:
+        try:
+            self.sock.close()
+        except OSError:
+            pass
+
+
+def dot_stuff(data: bytes) -> bytes:
+    """RFC 5321 4.5.2 transparency for sending: double a dot at the start of a line,
+    make sure the data ends in CRLF, and append the end-of-data mark."""
+    if data.startswith(b"."):
+        data = b"." + data
+    data = data.replace(b"\r\n.", b"\r\n..")
+    if not data.endswith(CRLF):
+        data += CRLF
+    return data + b".\r\n"
+
+
+def to_crlf(data: bytes) -> bytes:
+    """LF line ends (how Maildir stores mail) to CRLF (how protocols send it)."""
+    return data.replace(b"\r\n", b"\n").replace(b"\n", b"\r\n")
+
+
+def to_lf(data: bytes) -> bytes:
+    """CRLF line ends to LF, for Maildir files."""
+    return data.replace(b"\r\n", b"\n")

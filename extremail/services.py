@@ -1,0 +1,37 @@
+"""Wiring: which listeners and background components the server runs.
+
+Kept apart from :mod:`extremail.control` so the control thread does not import every
+protocol; each protocol adds its listener to :data:`SERVICES` as it lands, and its
+background components (queue threads, caches) in :func:`build_components`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable
+
+
+@dataclass(frozen=True)
+class Service:
+    """A listener: its port parameter, backlog parameter, bind parameter and session class."""
+
+    name: str
+    port_param: str
+    backlog_param: str
+    bind_param: str
+    factory: Callable[[], Any]  # returns the session class; imported lazily
+
+
+def _remote() -> Any:
+    from .remote.session import RemoteSession
+    return RemoteSession
+
+
+SERVICES: list[Service] = [
+    Service("remt", "PORT_REMT", "QUEUE_REMT", "CFG_REMT_BIND", _remote),
+]
+
+
+def build_components(server: Any) -> None:
+    """Create the shared background components (queue, caches) and hand them to the server."""
+    server.ctx.relay.configure(server.cfg.CFG_RELY_TIMEOUT)
