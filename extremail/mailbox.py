@@ -1,0 +1,176 @@
+"""Maildir mailboxes (tmp/new/cur), as Dovecot, mutt and qmail read them.
+
+Delivery follows the Maildir protocol: a uniquely named file is created in ``tmp/``,
+written, fsynced, then renamed into ``new/`` and the directory fsynced, so a reader
+never sees a partial message and a crash never loses an acknowledged one.
+
+Files hold the message with LF line ends (the Maildir convention).  Names carry the
+sizes the way Dovecot writes them: ``<secs>.M<usecs>P<pid>Q<n>.<host>,S=<size>,W=<size
+with CRLF>``, so POP3 STAT/LIST and quota checks need no ``stat`` and no read.  The part
+before the first ``,`` or ``:`` is the message's stable unique id (POP3 UIDL).
+
+Attack surface: paths come from the store, whose names are validated.
+"""
+
+from __future__ import annotations
+
+import errno
+import itertools
+import os
+import socket
+import threading
+import time
+from dataclasses import dataclass
+
+from .store import fsync_directory
+
+SUBDIRS = ("tmp", "new", "cur")
+_counter = itertools.count(1)
+_counter_lock = threading.Lock()
+
+
+def _host() -> str:
+    return socket.gethostname().replace("/", "\\057").replace(":", "\\072") or "localhost"
+
+
+HOST = _host()
+
+
+def unique_name(size: int, vsize: int) -> str:
+    now = time.time()
+    with _counter_lock:
+        serial = next(_counter)
+    return (f"{int(now)}.M{int((now % 1) * 1_000_000)}P{os.getpid()}Q{serial}.{HOST}"
+            f",S={size},W={vsize}")
+
+
+def virtual_size(data: bytes) -> int:
+    """Size of LF-form ``data`` once sent with CRLF line ends."""
+    return len(data) + data.count(b"\n") - data.count(b"\r\n")
+
+
+@dataclass(frozen=True)
+class Entry:
+    """One message file: ``uid`` is stable across sessions, restarts and new/ -> cur/."""
+
+    uid: str
+    path: str
+    size: int   # bytes on disk (LF form)
+    vsize: int  # bytes on the wire (CRLF form)
+    mtime: float
+
+
+def parse_sizes(name: str) -> tuple[int | None, int | None]:
+    size = vsize = None
+    base = name.split(":", 1)[0]
+    for part in base.split(",")[1:]:
+        key, _, value = part.partition("=")
+        if value.isdigit():
+            if key == "S":
+                size = int(value)
+            elif key == "W":
+                vsize = int(value)
+    return size, vsize
+
+
+class Maildir:
+    """One user's mailbox directory."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+
+    def ensure(self) -> None:
+        for sub in SUBDIRS:
+            os.makedirs(os.path.join(self.path, sub), mode=0o700, exist_ok=True)
+
+    def deliver(self, data: bytes) -> str:
+        """Store ``data`` (LF line ends) as a new message; returns its path in new/.
+
+        Raises OSError (ENOSPC, EDQUOT, ...) with nothing left behind in new/.
+        """
+        name = unique_name(len(data), virtual_size(data))
+        tmp = os.path.join(self.path, "tmp", name)
+        try:
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        except FileNotFoundError:
+            self.ensure()
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view):]
+            os.fsync(fd)
+        except BaseException:
+            os.close(fd)
+            _unlink_quietly(tmp)
+            raise
+        os.close(fd)
+        final = os.path.join(self.path, "new", name)
+        try:
+            os.rename(tmp, final)
+            fsync_directory(os.path.join(self.path, "new"))
+        except BaseException:
+            _unlink_quietly(tmp)
+            raise
+        return final
+
+    def link(self, source: str) -> str:
+        """Deliver a copy of an already-delivered message file (a hard link when the
+        file system allows, so several local recipients cost one write)."""
+        size, vsize = parse_sizes(os.path.basename(source))
+        if size is None or vsize is None:
+            with open(source, "rb") as handle:
+                return self.deliver(handle.read())
+        name = unique_name(size, vsize)
+        final = os.path.join(self.path, "new", name)
+        try:
+            try:
+                os.link(source, final)
+            except FileNotFoundError:
+                self.ensure()
+                os.link(source, final)
+        except OSError as exc:
+            if exc.errno not in (errno.EXDEV, errno.EPERM, errno.EMLINK, errno.ENOTSUP):
+                raise
+            with open(source, "rb") as handle:
+                return self.deliver(handle.read())
+        fsync_directory(os.path.join(self.path, "new"))
+        return final
+
+    def scan(self) -> list[Entry]:
+        """Every message in new/ and cur/, oldest first (then by name, for a stable order)."""
+        entries = []
+        for sub in ("new", "cur"):
+            directory = os.path.join(self.path, sub)
+            try:
+                items = list(os.scandir(directory))
+            except FileNotFoundError:
+                continue
+            for item in items:
+                if item.name.startswith("."):
+                    continue
+                try:
+                    stat = item.stat()
+                except FileNotFoundError:
+                    continue  # removed meanwhile by another reader
+                size, vsize = parse_sizes(item.name)
+                if size is None:
+                    size = stat.st_size
+                if vsize is None:
+                    with open(item.path, "rb") as handle:
+                        vsize = virtual_size(handle.read())
+                uid = item.name.split(":", 1)[0].split(",", 1)[0]
+                entries.append(Entry(uid, item.path, size, vsize, stat.st_mtime))
+        entries.sort(key=lambda e: (e.mtime, e.uid))
+        return entries
+
+    def usage(self) -> int:
+        """Bytes used, for quotas (from the S= sizes in the names)."""
+        return sum(entry.size for entry in self.scan())
+
+
+def _unlink_quietly(path: str) -> None:
+    try:
+        os.unlink(path)
+    except OSError:
+        pass
