@@ -16,7 +16,7 @@ import signal
 import socket
 import sys
 import time
-from typing import Sequence
+from collections.abc import Sequence
 
 from . import VERSION, config, layout, log
 from .config import Config, ConfigError

@@ -15,7 +15,8 @@ import os
 import socket
 from dataclasses import dataclass
 from types import MappingProxyType
-from typing import Any, Callable, Mapping
+from typing import Any
+from collections.abc import Callable, Mapping
 
 DEFAULT_BASE = "/home/eXtremail"
 

@@ -16,7 +16,8 @@ import socket
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
+from collections.abc import Callable
 
 from . import VERSION, auth, log, services
 from .config import Config

@@ -57,7 +57,7 @@ class DailyFileHandler(logging.Handler):
                     if self._stream is not None:
                         self._stream.close()
                     os.makedirs(self.directory, exist_ok=True)
-                    self._stream = open(self._file_for(day), "a", encoding="utf-8")
+                    self._stream = open(self._file_for(day), "a", encoding="utf-8")  # noqa: SIM115 (kept open)
                     self._day = day
                 self._stream.write(text)
                 self._stream.flush()

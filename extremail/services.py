@@ -8,7 +8,8 @@ background components (queue threads, caches) in :func:`build_components`.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
+from collections.abc import Callable
 
 
 @dataclass(frozen=True)

@@ -21,7 +21,8 @@ from __future__ import annotations
 import socket
 import threading
 import time
-from typing import Any, Callable
+from typing import Any
+from collections.abc import Callable
 
 from . import log, reply
 from .net.lineio import Closed, LineIO, LineTooLong, Timeout

@@ -18,7 +18,8 @@ import os
 import threading
 from dataclasses import dataclass, fields, replace
 from types import MappingProxyType
-from typing import Any, Callable, Generic, Iterable, Mapping, TypeVar
+from typing import Any, Generic, TypeVar
+from collections.abc import Callable, Iterable, Mapping
 
 from . import log
 from .config import Config
@@ -152,7 +153,7 @@ class Table(Generic[R]):
                 raise StoreError(f"{self.path}:{number}: expected {len(self.names)} fields, "
                                  f"found {len(parts)}")
             try:
-                values = [int(p) if t in ("int", int) else p for p, t in zip(parts, self.types)]
+                values = [int(p) if t in ("int", int) else p for p, t in zip(parts, self.types, strict=True)]
             except ValueError:
                 raise StoreError(f"{self.path}:{number}: a number field is not a number") from None
             record = self.kind(*values)

@@ -60,7 +60,7 @@ class LineIO:
     def _fill(self) -> None:
         try:
             chunk = self.sock.recv(self.bufsize)
-        except (socket.timeout, TimeoutError):
+        except TimeoutError:
             raise Timeout() from None
         except ssl.SSLError as exc:
             raise Closed(str(exc)) from None
@@ -140,7 +140,7 @@ class LineIO:
     def write(self, data: bytes) -> None:
         try:
             self.sock.sendall(data)
-        except (socket.timeout, TimeoutError):
+        except TimeoutError:
             raise Timeout() from None
         except OSError as exc:
             raise Closed(str(exc)) from None

@@ -14,7 +14,8 @@ import itertools
 import socket
 import threading
 import time
-from typing import Any, Callable, Protocol
+from typing import Any, Protocol
+from collections.abc import Callable
 
 from .. import log
 
