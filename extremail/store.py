@@ -21,7 +21,7 @@ from types import MappingProxyType
 from typing import Any, Generic, TypeVar
 from collections.abc import Callable, Iterable, Mapping
 
-from . import log
+from . import log, names
 from .config import Config
 
 LOG = log.get("store")
@@ -135,10 +135,12 @@ def atomic_write(path: str, data: bytes, mode: int = 0o600) -> None:
 class Table(Generic[R]):
     """One data file: records of one dataclass, keyed by ``key``."""
 
-    def __init__(self, path: str, kind: type[R], key: Callable[[R], Any]) -> None:
+    def __init__(self, path: str, kind: type[R], key: Callable[[R], Any],
+                 check: Callable[[R], R] | None = None) -> None:
         self.path = path
         self.kind = kind
         self.key = key
+        self.check = check
         self.names = [f.name for f in fields(kind)]  # type: ignore[arg-type]
         self.types = [f.type for f in fields(kind)]  # type: ignore[arg-type]
         self.rows: Mapping[Any, R] = MappingProxyType({})
@@ -157,6 +159,11 @@ class Table(Generic[R]):
             except ValueError:
                 raise StoreError(f"{self.path}:{number}: a number field is not a number") from None
             record = self.kind(*values)
+            if self.check is not None:
+                try:
+                    record = self.check(record)
+                except ValueError as exc:  # InvalidName too
+                    raise StoreError(f"{self.path}:{number}: {exc}") from None
             rows[self.key(record)] = record
         return rows
 
@@ -175,19 +182,46 @@ class Table(Generic[R]):
         return ("\n".join(lines) + "\n").encode("utf-8")
 
 
+# A hand-edited data file is checked like the management commands check their values,
+# so no name read back on SIGHUP can reach outside the base directory or break a record.
+def _check_domain(r: Domain) -> Domain:
+    return replace(r, name=names.domain(r.name))
+
+
+def _check_local(r: Any) -> Any:
+    return replace(r, name=names.local_part(r.name), domain=names.domain(r.domain))
+
+
+def _check_deny(r: Deny) -> Deny:
+    if r.kind not in DENY_KINDS:
+        raise ValueError(f"unknown deny kind {r.kind[:20]!r}")
+    return r
+
+
+def _check_member(r: MListUser) -> MListUser:
+    return replace(r, mailbox=names.mailbox(r.mailbox), listname=names.local_part(r.listname),
+                   listdomain=names.domain(r.listdomain))
+
+
 class Store:
     """Every data file of the server, with the manual's rules between them."""
 
     def __init__(self, cfg: Config) -> None:
         self.cfg = cfg
         self._write_lock = threading.RLock()
-        self.domains: Table[Domain] = Table(cfg.FILE_DOMAIN_DATA, Domain, lambda r: r.name)
-        self.users: Table[User] = Table(cfg.FILE_USER_DATA, User, lambda r: (r.name, r.domain))
-        self.aliases: Table[Alias] = Table(cfg.FILE_ALIAS_DATA, Alias, lambda r: (r.name, r.domain))
-        self.denies: Table[Deny] = Table(cfg.FILE_DENY_DATA, Deny, lambda r: (r.kind, r.value))
-        self.mlists: Table[MList] = Table(cfg.FILE_MLIST_DATA, MList, lambda r: (r.name, r.domain))
+        self.domains: Table[Domain] = Table(cfg.FILE_DOMAIN_DATA, Domain, lambda r: r.name,
+                                            _check_domain)
+        self.users: Table[User] = Table(cfg.FILE_USER_DATA, User, lambda r: (r.name, r.domain),
+                                        _check_local)
+        self.aliases: Table[Alias] = Table(cfg.FILE_ALIAS_DATA, Alias,
+                                           lambda r: (r.name, r.domain), _check_local)
+        self.denies: Table[Deny] = Table(cfg.FILE_DENY_DATA, Deny, lambda r: (r.kind, r.value),
+                                         _check_deny)
+        self.mlists: Table[MList] = Table(cfg.FILE_MLIST_DATA, MList,
+                                          lambda r: (r.name, r.domain), _check_local)
         self.mlistusers: Table[MListUser] = Table(
-            cfg.FILE_MLISTUSER_DATA, MListUser, lambda r: (r.mailbox, r.listname, r.listdomain))
+            cfg.FILE_MLISTUSER_DATA, MListUser, lambda r: (r.mailbox, r.listname, r.listdomain),
+            _check_member)
         self.tables: tuple[Table[Any], ...] = (self.domains, self.users, self.aliases, self.denies,
                                                self.mlists, self.mlistusers)
 
@@ -226,11 +260,22 @@ class Store:
             return "mailing list"
         return None
 
-    def _need_domain(self, domain: str) -> Domain:
+    def find_domain(self, domain: str) -> Domain:
         try:
             return self.domains.rows[domain]
         except KeyError:
             raise StoreError(f"domain {domain} does not exist") from None
+
+    _need_domain = find_domain
+
+    def _check_free(self, name: str, domain: str, kind: str) -> None:
+        """A local address is one user, alias or mailing list, never two."""
+        taken = self._local_taken(name, domain)
+        if taken == kind:
+            raise StoreError(f"{kind} {name}@{domain} already exists")
+        if taken:
+            article = "an" if taken == "alias" else "a"
+            raise StoreError(f"{name}@{domain} already exists as {article} {taken}")
 
     # ---- domains ----
     def add_domain(self, record: Domain) -> None:
@@ -269,10 +314,7 @@ class Store:
         """Add a user; the domain's DEFMAXINMAILSIZE/DEFMAXOUTMAILSIZE fill sizes not given."""
         with self._write_lock:
             domain = self._need_domain(record.domain)
-            taken = self._local_taken(record.name, record.domain)
-            if taken:
-                raise StoreError(f"{record.name}@{record.domain} already exists"
-                                 + ("" if taken == "user" else f" as a {taken}"))
+            self._check_free(record.name, record.domain, "user")
             record = replace(record,
                              maxinmailsize=record.maxinmailsize or domain.defmaxinmailsize,
                              maxoutmailsize=record.maxoutmailsize or domain.defmaxoutmailsize)
@@ -306,10 +348,7 @@ class Store:
     def add_alias(self, record: Alias) -> None:
         with self._write_lock:
             self._need_domain(record.domain)
-            taken = self._local_taken(record.name, record.domain)
-            if taken:
-                raise StoreError(f"{record.name}@{record.domain} already exists"
-                                 + ("" if taken == "alias" else f" as a {taken}"))
+            self._check_free(record.name, record.domain, "alias")
             rows = dict(self.aliases.rows)
             rows[(record.name, record.domain)] = record
             self._commit([(self.aliases, rows)])
@@ -356,10 +395,7 @@ class Store:
     def add_mlist(self, record: MList) -> None:
         with self._write_lock:
             self._need_domain(record.domain)
-            taken = self._local_taken(record.name, record.domain)
-            if taken:
-                raise StoreError(f"{record.name}@{record.domain} already exists"
-                                 + ("" if taken == "mailing list" else f" as a {taken}"))
+            self._check_free(record.name, record.domain, "mailing list")
             rows = dict(self.mlists.rows)
             rows[(record.name, record.domain)] = record
             self._commit([(self.mlists, rows)])

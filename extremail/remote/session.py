@@ -67,13 +67,19 @@ class RemoteSession(Session):
             raise Refusal(_err(str(exc))) from None
         if not password:
             raise Refusal(_err("LOGIN needs a password"))
+        key = f"remt:{self.peer_ip}"  # failures from earlier connections slow this one
+        delay = self.ctx.throttle.delay(key)
+        if delay:
+            time.sleep(delay)
         if auth.verify_password(password, layout.login_hash(self.cfg)):
             self.state = "open"
             self.failures = 0
+            self.ctx.throttle.success(key)
             self.log.info("%s: management login", self.describe())
             self.send_raw(reply.ok("logged in"))
             return
         self.failures += 1
+        self.ctx.throttle.failure(key)
         self.log.warning("%s: management login failed (%d)", self.describe(), self.failures)
         if self.failures >= MAX_LOGIN_FAILURES:
             time.sleep(FAILED_LOGIN_DELAY)
@@ -92,6 +98,9 @@ class RemoteSession(Session):
         self.send_raw(answer.render())
         if answer.ok:
             self.log.info("%s: %s", self.describe(), commands.summary(command))
+        else:
+            self.log.info("%s: %s refused: %s", self.describe(), commands.summary(command),
+                          answer.text[:200])
 
     def dispatch(self, line: bytes) -> None:
         """Every verb but LOGIN and QUIT goes through the grammar and the command table."""
