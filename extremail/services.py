@@ -28,8 +28,14 @@ def _remote() -> Any:
     return RemoteSession
 
 
+def _pop3() -> Any:
+    from .pop3 import POP3Session
+    return POP3Session
+
+
 SERVICES: list[Service] = [
     Service("remt", "PORT_REMT", "QUEUE_REMT", "CFG_REMT_BIND", _remote),
+    Service("pop3", "PORT_POP3", "QUEUE_POP3", "CFG_BIND", _pop3),
 ]
 
 
