@@ -1,0 +1,244 @@
+"""The outbound SMTP client: one transaction, one message, several recipients, and a reply
+per recipient (RFC 5321 3.3, 4.1).
+
+Steps: connect (TIMEOUT_SOCK for the connection and every read), read the greeting
+(multi-line allowed, 4.2.1), ``EHLO cfg.hostname`` with ``HELO`` when EHLO gets a 5xx
+(3.2), then ``MAIL FROM`` (with ``SIZE=`` when the peer offers SIZE, RFC 1870, and
+``BODY=8BITMIME`` when the data has 8-bit bytes and the peer offers it, RFC 6152),
+every ``RCPT TO``, ``DATA`` only if a recipient was accepted, the dot-stuffed data
+(:func:`extremail.net.lineio.dot_stuff`), ``QUIT``.  With PIPELINING (RFC 2920) the MAIL
+and RCPT commands go out in one write and their replies are read in order.
+
+Results: :class:`Attempt` with the final reply of each recipient: the RCPT reply when a
+recipient was refused, else the reply to the end of data; when the whole transaction
+fails (greeting, EHLO, MAIL, DATA, a dropped connection) every recipient still pending
+gets that reply.  A reply that cannot be parsed, or whose code is outside 2xx-5xx, is a
+temporary failure (STYLE.md habit 6).  ``opened`` says whether the TCP connection was
+made, ``connected`` whether the peer then greeted us with 220.
+
+Attack surface: everything the remote server sends; reply lines are bounded
+(:data:`MAX_REPLY_LINE`, :data:`MAX_REPLY_LINES`) and never executed or logged raw.
+"""
+
+from __future__ import annotations
+
+import re
+import socket
+from dataclasses import dataclass, field
+
+from ..net.lineio import Closed, LineIO, LineTooLong, Timeout, dot_stuff
+from ..reply import Reply
+
+MAX_REPLY_LINE = 2048   # RFC 5321 4.5.3.1.5 says 512; peers send longer ones
+MAX_REPLY_LINES = 100   # a multi-line reply longer than this is garbage
+_REPLY_LINE = re.compile(rb"^([2-5][0-9][0-9])([ -]|$)(.*)$", re.DOTALL)
+_ENHANCED = re.compile(r"^([245]\.\d{1,3}\.\d{1,3})(?: |$)")
+
+
+class Broken(Exception):
+    """The conversation cannot go on (timeout, lost connection, garbage): no QUIT.
+    ``reply`` is always temporary."""
+
+    def __init__(self, reply: Reply) -> None:
+        self.reply = reply
+        super().__init__(str(reply))
+
+
+class Refused(Exception):
+    """The peer refused the whole transaction (greeting, EHLO, MAIL, DATA) with ``reply``;
+    every recipient still pending gets it, then QUIT."""
+
+    def __init__(self, reply: Reply) -> None:
+        self.reply = reply
+        super().__init__(str(reply))
+
+
+@dataclass
+class Attempt:
+    """One connection to one address: what each recipient got."""
+
+    host: str
+    address: str
+    port: int
+    opened: bool = False     # the TCP connection was made
+    connected: bool = False  # ... and the server greeted with 220
+    replies: dict[str, Reply] = field(default_factory=dict)
+    last: Reply | None = None  # the last reply read (for the log line)
+    notes: list[str] = field(default_factory=list)
+
+    def settle(self, recipients: list[str], reply: Reply) -> None:
+        """Every recipient without a final reply yet gets the transaction's ``reply``."""
+        self.last = reply
+        for rcpt in recipients:
+            self.replies.setdefault(rcpt, reply)
+
+
+def make_reply(code: int, lines: list[str]) -> Reply:
+    """A remote reply as a :class:`Reply`, the enhanced code (RFC 3463) split off the text."""
+    text = " ".join(line.strip() for line in lines).strip()
+    match = _ENHANCED.match(text)
+    if match and match.group(1)[0] == str(code)[0]:
+        return Reply(code, match.group(1), text[match.end():].strip())
+    return Reply(code, "", text)
+
+
+def read_lines(io: LineIO) -> tuple[int, list[str]]:
+    """One reply, multi-line allowed (RFC 5321 4.2.1): its code and the text of each line.
+    Only codes 2xx-5xx are replies; anything else is garbage (:class:`Broken`)."""
+    lines: list[str] = []
+    code = None
+    for _ in range(MAX_REPLY_LINES):
+        try:
+            raw = io.readline(MAX_REPLY_LINE)
+        except Timeout:
+            raise Broken(Reply(451, "4.4.2", "timeout waiting for the remote reply")) from None
+        except Closed:
+            raise Broken(Reply(451, "4.4.2", "connection lost")) from None
+        except LineTooLong:
+            raise Broken(Reply(451, "4.5.0", "remote reply line too long")) from None
+        match = _REPLY_LINE.match(raw)
+        if match is None or (code is not None and int(match.group(1)) != code):
+            raise Broken(Reply(451, "4.5.0", "garbled remote reply: "
+                               + raw[:80].decode("ascii", "replace")))
+        code = int(match.group(1))
+        lines.append(match.group(3).decode("utf-8", "replace"))
+        if match.group(2) != b"-":
+            return code, lines
+    raise Broken(Reply(451, "4.5.0", "remote reply has too many lines"))
+
+
+def read_reply(io: LineIO) -> Reply:
+    return make_reply(*read_lines(io))
+
+
+def extensions(lines: list[str]) -> dict[str, str]:
+    """EHLO keywords (RFC 5321 4.1.1.1) -> their parameters; the first line is the name."""
+    result = {}
+    for line in lines[1:]:
+        keyword, _, params = line.strip().partition(" ")
+        if keyword:
+            result[keyword.upper()] = params.strip()
+    return result
+
+
+def _stop_unless(reply: Reply, code: int) -> Reply:
+    if reply.code != code:
+        raise Refused(reply)
+    return reply
+
+
+class Client:
+    """Outbound transactions; :meth:`send` never raises for the peer's behaviour."""
+
+    def __init__(self, helo_name: str, timeout: float) -> None:
+        self.helo_name = helo_name
+        self.timeout = timeout
+
+    def send(self, host: str, address: str, port: int, sender: str, recipients: list[str],
+             data: bytes) -> Attempt:
+        """Deliver ``data`` (CRLF wire form) for ``recipients`` through ``address:port``."""
+        attempt = Attempt(host, address, port)
+        try:
+            sock = socket.create_connection((address, port), timeout=self.timeout)
+        except OSError as exc:
+            attempt.settle(recipients, Reply(451, "4.4.1", f"cannot connect: {exc.strerror or exc}"))
+            return attempt
+        attempt.opened = True
+        io = LineIO(sock)
+        io.settimeout(self.timeout)
+        try:
+            self._transaction(io, attempt, sender, recipients, data)
+            self._quit(io)
+        except Refused as exc:
+            attempt.settle(recipients, exc.reply)
+            self._quit(io)
+        except Broken as exc:
+            attempt.settle(recipients, exc.reply)
+        finally:
+            io.close()
+        return attempt
+
+    # ---- the conversation ----
+    def _transaction(self, io: LineIO, attempt: Attempt, sender: str, recipients: list[str],
+                     data: bytes) -> None:
+        # RFC 5321 3.1: a 554 instead of the 220 greeting means "no service here".
+        attempt.last = _stop_unless(read_reply(io), 220)
+        attempt.connected = True
+        features = self._ehlo(io, attempt)
+        mail = f"MAIL FROM:<{sender}>"
+        if "SIZE" in features:  # RFC 1870 6: refuse before sending what the peer cannot take
+            limit = features["SIZE"]
+            if limit.isdigit() and int(limit) and len(data) > int(limit):
+                raise Refused(Reply(552, "5.3.4", f"message of {len(data)} bytes exceeds the "
+                                                  f"{limit}-byte limit of {attempt.host}"))
+            mail += f" SIZE={len(data)}"
+        if any(byte >= 0x80 for byte in data):
+            if "8BITMIME" in features:
+                mail += " BODY=8BITMIME"  # RFC 6152 2
+            else:
+                attempt.notes.append("8-bit data sent to a server without 8BITMIME")
+        accepted = self._envelope(io, attempt, mail, recipients, "PIPELINING" in features)
+        if not accepted:
+            return  # RFC 5321 3.3: no DATA without an accepted recipient
+        _stop_unless(self._command(io, attempt, "DATA"), 354)
+        self._write(io, dot_stuff(data))  # RFC 5321 4.5.2 transparency
+        reply = read_reply(io)
+        if reply.code // 100 == 3:
+            reply = Reply(451, "4.5.0", f"unexpected reply to the end of data: {reply}")
+        attempt.last = reply
+        for rcpt in accepted:
+            attempt.replies[rcpt] = reply
+
+    def _ehlo(self, io: LineIO, attempt: Attempt) -> dict[str, str]:
+        """EHLO, or HELO when the peer refuses EHLO with a 5xx (RFC 5321 3.2)."""
+        self._write(io, f"EHLO {self.helo_name}\r\n".encode())
+        code, lines = read_lines(io)
+        attempt.last = make_reply(code, lines)
+        if code == 250:
+            return extensions(lines)
+        if code < 500:
+            raise Refused(attempt.last)
+        _stop_unless(self._command(io, attempt, f"HELO {self.helo_name}"), 250)
+        return {}
+
+    def _envelope(self, io: LineIO, attempt: Attempt, mail: str, recipients: list[str],
+                  pipelining: bool) -> list[str]:
+        """MAIL and the RCPTs; returns the recipients accepted, records the refused ones."""
+        commands = [mail] + [f"RCPT TO:<{rcpt}>" for rcpt in recipients]
+        if pipelining:
+            # RFC 2920 3.1: MAIL and RCPT go out as one group; replies are read in order.
+            self._write(io, "".join(c + "\r\n" for c in commands).encode("utf-8"))
+            replies = [read_reply(io) for _ in commands]
+            attempt.last = replies[-1]
+            _stop_unless(replies[0], 250)
+        else:
+            replies = [_stop_unless(self._command(io, attempt, mail), 250)]
+            replies += [self._command(io, attempt, c) for c in commands[1:]]
+        accepted = []
+        for rcpt, reply in zip(recipients, replies[1:], strict=True):
+            if reply.code in (250, 251):
+                accepted.append(rcpt)
+            else:
+                attempt.replies[rcpt] = reply
+        return accepted
+
+    def _command(self, io: LineIO, attempt: Attempt, line: str) -> Reply:
+        self._write(io, (line + "\r\n").encode("utf-8"))
+        attempt.last = read_reply(io)
+        return attempt.last
+
+    @staticmethod
+    def _write(io: LineIO, data: bytes) -> None:
+        try:
+            io.write(data)
+        except (Timeout, Closed):
+            raise Broken(Reply(451, "4.4.2", "connection lost while sending")) from None
+
+    @staticmethod
+    def _quit(io: LineIO) -> None:
+        """QUIT politely; the outcome is already known, so a failure here is ignored."""
+        try:
+            io.write(b"QUIT\r\n")
+            read_reply(io)
+        except (Broken, Timeout, Closed):
+            pass
