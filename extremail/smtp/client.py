@@ -74,12 +74,14 @@ class Attempt:
 
 
 def make_reply(code: int, lines: list[str]) -> Reply:
-    """A remote reply as a :class:`Reply`, the enhanced code (RFC 3463) split off the text."""
-    text = " ".join(line.strip() for line in lines).strip()
-    match = _ENHANCED.match(text)
-    if match and match.group(1)[0] == str(code)[0]:
-        return Reply(code, match.group(1), text[match.end():].strip())
-    return Reply(code, "", text)
+    """A remote reply as a :class:`Reply`: the enhanced code (RFC 3463, repeated on every
+    line by RFC 2034 3) split off, the lines joined by blanks."""
+    texts = [line.strip() for line in lines]
+    match = _ENHANCED.match(texts[0]) if texts else None
+    enhanced = match.group(1) if match and match.group(1)[0] == str(code)[0] else ""
+    if enhanced:
+        texts = [t[len(enhanced):].strip() if t.startswith(enhanced) else t for t in texts]
+    return Reply(code, enhanced, " ".join(t for t in texts if t))
 
 
 def read_lines(io: LineIO) -> tuple[int, list[str]]:
