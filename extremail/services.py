@@ -42,3 +42,12 @@ SERVICES: list[Service] = [
 def build_components(server: Any) -> None:
     """Create the shared background components (queue, caches) and hand them to the server."""
     server.ctx.relay.configure(server.cfg.CFG_RELY_TIMEOUT)
+    _queue(server)
+
+
+def _queue(server: Any) -> None:
+    """The durable spool and its delivery threads (``ctx.queue``): the SMTP session hands
+    messages to it, the QUEUE commands manage it.  Added last so it stops first."""
+    from .queue.manager import QueueManager
+    server.ctx.queue = QueueManager(server.ctx)
+    server.add_component(server.ctx.queue)

@@ -1,0 +1,302 @@
+"""The durable spool: one message file and one envelope/state file per queued message.
+
+Layout under DIR_QUEUE_MBOX (STYLE.md habit 5, after Postfix ``mail_queue.c``)::
+
+    msg/<id>      the message, CRLF wire form, never changed once committed
+    env/<id>      the envelope and per-recipient state, text records, ends with ``END``
+    corrupt/      envelopes (and orphan messages) that could not be read: kept for inspection
+
+Commit protocol (DESIGN.md rule 1): both files are created exclusively in DIR_TMP, written
+and fsynced; the message is renamed into ``msg/``, then the envelope into ``env/`` (the
+commit point) and both directories are fsynced.  Only then may the SMTP session say 250.
+A crash before the envelope rename leaves at most an orphan message (never acknowledged)
+or leftovers in DIR_TMP; :meth:`Spool.recover` cleans DIR_TMP and moves orphans and
+unreadable envelopes to ``corrupt/``.  State updates rewrite the envelope atomically
+(temp file, fsync, rename, fsync dir), so it is always the old or the new version.
+
+Envelope records, one a line, fields separated by a tab::
+
+    VERSION 1 | ID id | ARRIVED epoch | SENDER addr | CLIENT ip | HELO name | AUTH user
+    BODY 7BIT|8BITMIME | SIZE bytes | DELAYED 0|1 (delayed DSN sent) | DSN 0|1 (failed DSN sent)
+    RCPT address original kind status attempts last_attempt next_attempt remote_mta reply
+    END
+
+Queue ids are sortable (arrival time in microseconds, hex) and unique (pid and a counter).
+
+Attack surface: addresses and replies come from the network; control characters (tab,
+CR, LF) are replaced before they reach a record, so a value can never forge one.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import re
+import threading
+import time
+from dataclasses import dataclass, field
+
+from .. import log
+from ..envelope import Envelope
+from ..store import atomic_write, fsync_directory
+
+LOG = log.get("spool")
+
+QUEUED, DELIVERED, FAILED = "queued", "delivered", "failed"
+STATUSES = (QUEUED, DELIVERED, FAILED)
+VERSION = "1"
+TMP_SUFFIX = ".spool-part"  # our files in DIR_TMP; nothing else there is touched
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+_counter = itertools.count(1)
+_counter_lock = threading.Lock()
+
+
+class SpoolError(Exception):
+    """An envelope that cannot be parsed (truncated, garbled, unknown version)."""
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """The result of one delivery attempt to one recipient (what a transport returns)."""
+
+    status: str          # "delivered" | "deferred" | "failed"
+    reply: str           # the reply that decided it, e.g. "550 5.1.1 No such user"
+    remote_mta: str = ""  # host name of the MTA that answered, when there was one
+
+
+@dataclass
+class Recipient:
+    """Per-recipient queue state."""
+
+    address: str
+    original: str
+    kind: str                     # routing.LOCAL, PIPE or REMOTE
+    status: str = QUEUED
+    attempts: int = 0
+    last_attempt: float = 0.0     # 0 = never
+    next_attempt: float = 0.0     # 0 = at once
+    remote_mta: str = ""
+    reply: str = ""
+
+    @property
+    def final(self) -> bool:
+        return self.status != QUEUED
+
+
+@dataclass
+class QueuedMessage:
+    """A committed message: its id, envelope, message file and recipient states."""
+
+    id: str
+    envelope: Envelope
+    path: str
+    size: int
+    recipients: list[Recipient]
+    delayed_dsn_sent: bool = False
+    failed_dsn_sent: bool = False
+    lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
+
+    def read(self) -> bytes:
+        """The message as received (CRLF wire form)."""
+        with open(self.path, "rb") as handle:
+            return handle.read()
+
+    @property
+    def done(self) -> bool:
+        return all(r.final for r in self.recipients)
+
+
+def new_id(clock=time.time) -> str:
+    with _counter_lock:
+        serial = next(_counter)
+    return f"{int(clock() * 1_000_000):014x}-{os.getpid():x}-{serial:x}"
+
+
+def _clean(value: str) -> str:
+    return _CONTROL.sub(" ", value)
+
+
+def render(message: QueuedMessage) -> bytes:
+    """The envelope file for ``message``."""
+    env = message.envelope
+    lines = [
+        f"VERSION\t{VERSION}",
+        f"ID\t{message.id}",
+        f"ARRIVED\t{env.arrived:.6f}",
+        f"SENDER\t{_clean(env.sender)}",
+        f"CLIENT\t{_clean(env.client_ip)}",
+        f"HELO\t{_clean(env.helo)}",
+        f"AUTH\t{_clean(env.authenticated)}",
+        f"BODY\t{'8BITMIME' if env.body_8bit else '7BIT'}",
+        f"SIZE\t{message.size}",
+        f"DELAYED\t{int(message.delayed_dsn_sent)}",
+        f"DSN\t{int(message.failed_dsn_sent)}",
+    ]
+    for r in message.recipients:
+        lines.append("\t".join(["RCPT", _clean(r.address), _clean(r.original), r.kind, r.status,
+                                str(r.attempts), f"{r.last_attempt:.3f}", f"{r.next_attempt:.3f}",
+                                _clean(r.remote_mta), _clean(r.reply)]))
+    lines.append("END")
+    return ("\n".join(lines) + "\n").encode("utf-8")
+
+
+def parse(content: bytes, message_path: str) -> QueuedMessage:
+    """Read an envelope file; raise :class:`SpoolError` if it is not complete and valid."""
+    try:
+        text = content.decode("utf-8")
+    except UnicodeDecodeError:
+        raise SpoolError("not UTF-8") from None
+    if not text.endswith("END\n"):
+        raise SpoolError("no END record (truncated)")
+    fields_: dict[str, str] = {}
+    recipients: list[Recipient] = []
+    for number, line in enumerate(text[:-1].split("\n"), 1):
+        key, _, value = line.partition("\t")
+        if key == "END":
+            break
+        if key == "RCPT":
+            parts = value.split("\t")
+            if len(parts) != 9 or parts[3] not in STATUSES:
+                raise SpoolError(f"line {number}: bad RCPT record")
+            try:
+                recipients.append(Recipient(parts[0], parts[1], parts[2], parts[3], int(parts[4]),
+                                            float(parts[5]), float(parts[6]), parts[7], parts[8]))
+            except ValueError:
+                raise SpoolError(f"line {number}: bad number in RCPT record") from None
+        else:
+            fields_[key] = value
+    if fields_.get("VERSION") != VERSION:
+        raise SpoolError(f"unknown version {fields_.get('VERSION')!r}")
+    missing = [k for k in ("ID", "ARRIVED", "SENDER", "SIZE") if k not in fields_]
+    if missing or not recipients:
+        raise SpoolError(f"missing {', '.join(missing) or 'recipients'}")
+    try:
+        arrived, size = float(fields_["ARRIVED"]), int(fields_["SIZE"])
+    except ValueError:
+        raise SpoolError("bad ARRIVED or SIZE") from None
+    envelope = Envelope(sender=fields_["SENDER"], recipients=[r.original for r in recipients],
+                        client_ip=fields_.get("CLIENT", ""), helo=fields_.get("HELO", ""),
+                        authenticated=fields_.get("AUTH", ""), arrived=arrived,
+                        body_8bit=fields_.get("BODY") == "8BITMIME")
+    return QueuedMessage(fields_["ID"], envelope, message_path, size, recipients,
+                         delayed_dsn_sent=fields_.get("DELAYED") == "1",
+                         failed_dsn_sent=fields_.get("DSN") == "1")
+
+
+def _write_new(path: str, data: bytes) -> None:
+    """Create ``path`` exclusively, write and fsync it."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view):]
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _unlink(path: str) -> None:
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass
+
+
+class Spool:
+    """The spool directories of one server."""
+
+    def __init__(self, queue_dir: str, tmp_dir: str, clock=time.time) -> None:
+        self.root = queue_dir
+        self.tmp = tmp_dir
+        self.msg_dir = os.path.join(queue_dir, "msg")
+        self.env_dir = os.path.join(queue_dir, "env")
+        self.corrupt_dir = os.path.join(queue_dir, "corrupt")
+        self.clock = clock
+
+    def ensure(self) -> None:
+        for directory in (self.msg_dir, self.env_dir, self.corrupt_dir, self.tmp):
+            os.makedirs(directory, mode=0o700, exist_ok=True)
+        if os.stat(self.tmp).st_dev != os.stat(self.root).st_dev:
+            # rename(2) cannot cross file systems: keep partial files beside the queue
+            LOG.warning("spool: DIR_TMP %s is on another file system than %s; using %s/tmp",
+                        self.tmp, self.root, self.root)
+            self.tmp = os.path.join(self.root, "tmp")
+            os.makedirs(self.tmp, mode=0o700, exist_ok=True)
+
+    # ---- committing ----
+    def commit(self, envelope: Envelope, data: bytes, recipients: list[Recipient]) -> QueuedMessage:
+        """Store ``data`` (CRLF) for ``recipients`` durably; on return the message survives any
+        crash.  Raises OSError (ENOSPC, ...) with nothing visible left behind."""
+        queue_id = new_id(self.clock)
+        message = QueuedMessage(queue_id, envelope, os.path.join(self.msg_dir, queue_id), len(data),
+                                recipients)
+        tmp_msg = os.path.join(self.tmp, f"{queue_id}.msg{TMP_SUFFIX}")
+        tmp_env = os.path.join(self.tmp, f"{queue_id}.env{TMP_SUFFIX}")
+        env_path = os.path.join(self.env_dir, queue_id)
+        renamed: list[str] = []
+        try:
+            _write_new(tmp_msg, data)
+            _write_new(tmp_env, render(message))
+            os.rename(tmp_msg, message.path)
+            renamed.append(message.path)
+            fsync_directory(self.msg_dir)
+            os.rename(tmp_env, env_path)  # the commit point
+            renamed.append(env_path)
+            fsync_directory(self.env_dir)
+        except BaseException:
+            for path in (tmp_msg, tmp_env, *renamed):
+                _unlink(path)
+            raise
+        return message
+
+    def save(self, message: QueuedMessage) -> None:
+        """Rewrite the envelope with the current state (atomically)."""
+        atomic_write(os.path.join(self.env_dir, message.id), render(message))
+
+    def remove(self, message: QueuedMessage) -> None:
+        """Forget a finished message: the envelope first, so a crash leaves an orphan
+        message (moved aside at the next start), never an envelope without its message."""
+        _unlink(os.path.join(self.env_dir, message.id))
+        fsync_directory(self.env_dir)
+        _unlink(message.path)
+
+    # ---- recovery ----
+    def recover(self) -> list[QueuedMessage]:
+        """At start: clean DIR_TMP, load every committed message (oldest first), move
+        unreadable envelopes and orphan messages to corrupt/."""
+        self.ensure()
+        for name in os.listdir(self.tmp):
+            if name.endswith(TMP_SUFFIX):
+                _unlink(os.path.join(self.tmp, name))
+                LOG.info("spool: removed partial file %s from %s", name, self.tmp)
+        messages = []
+        envelopes = set()
+        for name in sorted(os.listdir(self.env_dir)):
+            path = os.path.join(self.env_dir, name)
+            if ".tmp." in name:  # an interrupted state update: the old envelope is still there
+                _unlink(path)
+                continue
+            envelopes.add(name)
+            try:
+                with open(path, "rb") as handle:
+                    message = parse(handle.read(), os.path.join(self.msg_dir, name))
+                if message.id != name or not os.path.exists(message.path):
+                    raise SpoolError("message file missing" if message.id == name else "id mismatch")
+            except (SpoolError, OSError) as exc:
+                LOG.error("spool: envelope %s unreadable (%s): moved to %s", name, exc, self.corrupt_dir)
+                self._set_aside(path, f"{name}.env")
+                continue
+            messages.append(message)
+        for name in os.listdir(self.msg_dir):
+            if name not in envelopes:
+                LOG.warning("spool: message %s has no envelope (never acknowledged): moved to %s",
+                            name, self.corrupt_dir)
+                self._set_aside(os.path.join(self.msg_dir, name), f"{name}.msg")
+        return messages
+
+    def _set_aside(self, path: str, name: str) -> None:
+        target = os.path.join(self.corrupt_dir, name)
+        if os.path.exists(target):
+            target += f".{int(self.clock())}"
+        os.rename(path, target)
+        fsync_directory(self.corrupt_dir)
