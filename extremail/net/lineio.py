@@ -121,6 +121,7 @@ class LineIO:
             if index >= 0:
                 body = bytes(buf[:index + 2])
                 del buf[:index + 5]
+                too_big = too_big or bool(max_size and len(body) > max_size)
                 break
             if max_size and len(buf) > max_size + 5:
                 too_big = True
