@@ -42,7 +42,23 @@ SERVICES: list[Service] = [
 def build_components(server: Any) -> None:
     """Create the shared background components (queue, caches) and hand them to the server."""
     server.ctx.relay.configure(server.cfg.CFG_RELY_TIMEOUT)
+    _outbound(server)
     _queue(server)
+
+
+def _outbound(server: Any) -> None:
+    """The DNS cache (``ctx.dns``, for the DNS commands) and the remote transport
+    (``ctx.transport``, for the queue).  Added before the queue so it stops after it."""
+    from .dns import MXResolver
+    from .dnscache import DNSCache
+    from .queue.remote import RemoteTransport
+    cfg = server.cfg
+    resolver = MXResolver(cfg)
+    cache = DNSCache(cfg.FILE_DNS_CACHE, resolver, cfg.CFG_HOR_RETRY_MAIL)
+    server.ctx.dns = cache
+    server.ctx.transport = RemoteTransport(server.ctx, cache, resolver)
+    server.add_component(cache)
+    server.add_job("dns-cache", cfg.CFG_MIN_CONTROL * 60.0, cache.expire)
 
 
 def _queue(server: Any) -> None:

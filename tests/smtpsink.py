@@ -4,15 +4,17 @@
 ``rcpt_replies`` (recipient -> reply line, default 250), ``greeting``, ``ehlo`` (a reply
 line instead of the 250 EHLO answer, e.g. "502 5.5.1 no EHLO": then HELO is accepted),
 ``extensions`` (the EHLO keywords), ``mail_reply``, ``data_reply``, ``silent`` (accept
-connections, never say anything).  It records every session: the commands in order, the
-raw data as sent (still dot-stuffed), and for MAIL how many more complete command lines
-had already arrived before it replied (the proof of pipelining).
+connections, never say anything), ``delay`` (seconds before the greeting).  It records
+every session: the commands in order, the raw data as sent (still dot-stuffed), and for
+MAIL how many more complete command lines had already arrived before it replied (the
+proof of pipelining).
 """
 
 from __future__ import annotations
 
 import socket
 import threading
+import time
 from dataclasses import dataclass, field
 
 
@@ -33,6 +35,8 @@ class Received:
 class Session:
     peer: str
     commands: list[str] = field(default_factory=list)
+    started: float = field(default_factory=time.monotonic)
+    ended: float = 0.0
     buffered_after_mail: int = -1  # complete lines waiting when MAIL was read
 
 
@@ -45,6 +49,7 @@ class SMTPSink:
         self.rcpt_replies: dict[str, str] = {}
         self.data_reply = "250 2.0.0 queued"
         self.silent = False
+        self.delay = 0.0
         for name, value in behaviour.items():
             if not hasattr(self, name):
                 raise TypeError(f"unknown behaviour {name}")
@@ -74,13 +79,15 @@ class SMTPSink:
             self.sessions.append(session)
         conn.settimeout(30)
         try:
-            if not self.silent:
-                self._talk(conn, session)
-            else:
+            if self.silent:
                 self._stop.wait(30)
+            else:
+                time.sleep(self.delay)
+                self._talk(conn, session)
         except OSError:
             pass
         finally:
+            session.ended = time.monotonic()
             conn.close()
 
     def _talk(self, conn: socket.socket, session: Session) -> None:
