@@ -16,10 +16,12 @@ nobody classified is temporary.  The transport need not send DSNs: this module s
 "failed" report when every recipient is final, and one "delayed" report after
 CFG_HOR_DELAY_DSN hours (:mod:`extremail.queue.schedule`), then removes the spool files.
 
-Management (QUEUE SHOW / RESEND / DEL): :meth:`QueueManager.listing`, :meth:`resend`,
-:meth:`delete`.  QUEUE SHOW rows are ``sender, recipient, entry date, retry date (the
-retry time last set: when the queue tries next), last attempt date, seconds in queue, size,
-attempts, status``, dates ``YYYY-MM-DD HH:MM:SS`` UTC, ``-`` for never.
+Management (QUEUE SHOW / RESEND / DEL, through :mod:`extremail.remote.commands`):
+:meth:`QueueManager.show`, :meth:`resend`, :meth:`delete` take the command's selector
+(``ALL``, ``MAILBOX``, ``DOMAIN``, ``ID`` and its value); :meth:`listing` filters by
+keywords.  QUEUE SHOW rows are ``sender, recipient, entry date, retry date (the retry time last
+set: when the queue tries next), last attempt date, seconds in queue, size, attempts,
+status``, dates ``YYYY-MM-DD HH:MM:SS`` UTC, ``-`` for never.
 
 Attack surface: none directly; messages and replies are data.
 """
@@ -298,12 +300,14 @@ class QueueManager:
                  len(message.recipients) - len(failed), len(failed))
 
     # ---- management (QUEUE SHOW / RESEND / DEL) ----
-    def _matching(self, mailbox: str | None, domain: str | None) -> list[tuple[QueuedMessage,
-                                                                                list[Recipient]]]:
+    def _matching(self, mailbox: str | None = None, domain: str | None = None,
+                  queue_id: str | None = None) -> list[tuple[QueuedMessage, list[Recipient]]]:
         with self.cond:
             messages = sorted(self.messages.values(), key=lambda m: m.id)
         out = []
         for message in messages:
+            if queue_id is not None and message.id != queue_id:
+                continue
             rows = [r for r in message.recipients if r.status == QUEUED
                     and (mailbox is None or r.address.lower() == mailbox.lower())
                     and (domain is None or routing.split(r.address)[1] == domain.lower())]
@@ -311,11 +315,18 @@ class QueueManager:
                 out.append((message, rows))
         return out
 
-    def listing(self, mailbox: str | None = None, domain: str | None = None) -> list[str]:
+    @staticmethod
+    def _selector(kind: str, value: str | None) -> dict[str, str | None]:
+        """The management port's selector (ALL, MAILBOX, DOMAIN, ID) as filter keywords."""
+        keyword = {"MAILBOX": "mailbox", "DOMAIN": "domain", "ID": "queue_id"}.get(kind.upper())
+        return {keyword: value} if keyword else {}
+
+    def listing(self, mailbox: str | None = None, domain: str | None = None,
+                queue_id: str | None = None) -> list[str]:
         """QUEUE SHOW rows (the manual's format), oldest message first."""
         now = self.clock()
         rows = []
-        for message, recipients in self._matching(mailbox, domain):
+        for message, recipients in self._matching(mailbox, domain, queue_id):
             env = message.envelope
             for r in recipients:
                 rows.append("\t".join([
@@ -324,10 +335,14 @@ class QueueManager:
                     str(r.attempts), r.status]))
         return rows
 
-    def resend(self, mailbox: str | None = None, domain: str | None = None) -> int:
-        """Make the matching queued recipients due now; returns how many."""
+    def show(self, kind: str = "ALL", value: str | None = None) -> list[str]:
+        """QUEUE SHOW ALL | MAILBOX= | DOMAIN= (the management commands' interface)."""
+        return self.listing(**self._selector(kind, value))
+
+    def resend(self, kind: str = "ALL", value: str | None = None) -> int:
+        """QUEUE RESEND: make the matching queued recipients due now; returns how many."""
         count = 0
-        for message, recipients in self._matching(mailbox, domain):
+        for message, recipients in self._matching(**self._selector(kind, value)):
             self._claim(message)
             try:
                 for r in recipients:
@@ -340,11 +355,14 @@ class QueueManager:
         LOG.info("queue: resend %d recipient(s) now", count)
         return count
 
-    def delete(self, mailbox: str | None = None, domain: str | None = None) -> int:
-        """Fail the matching queued recipients (the sender gets a failed report); returns
-        how many."""
+    def delete(self, kind: str = "ALL", value: str | None = None) -> int:
+        """QUEUE DEL: fail the matching queued recipients (the sender gets a failed report);
+        returns how many.  An unknown ID is a LookupError (the command's -ERR)."""
+        matching = self._matching(**self._selector(kind, value))
+        if kind.upper() == "ID" and not matching:
+            raise LookupError(f"no queued mail {value}")
         count = 0
-        for message, recipients in self._matching(mailbox, domain):
+        for message, recipients in matching:
             self._claim(message)
             try:
                 for r in recipients:
