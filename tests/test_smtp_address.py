@@ -85,6 +85,8 @@ def test_rcpt_paths(arg, expected):
 def test_source_route_is_kept_apart():
     path = parse_rcpt("TO:<@a.test,@b.test:user@c.test>")
     assert path == Path("user", "c.test", ("a.test", "b.test"))
+    path = parse_rcpt("TO:<@[IPv6:2001:db8::1],@[192.0.2.1]:user@c.test>")
+    assert path == Path("user", "c.test", ("[IPv6:2001:db8::1]", "[192.0.2.1]"))
 
 
 @pytest.mark.parametrize("arg, expected", [

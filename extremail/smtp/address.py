@@ -174,6 +174,8 @@ def _scan_path(text: str, pos: int, sender: bool) -> tuple[Path, int]:
     # RFC 5321 4.1.2: A-d-l = At-domain *( "," At-domain ) ":"
     while text.startswith("@", pos):
         end = pos + 1
+        if text.startswith("[", end):  # an address literal may hold colons (IPv6)
+            end = text.find("]", end) + 1 or len(text)
         while end < len(text) and text[end] not in ",:>":
             end += 1
         route.append(_domain(text[pos + 1:end]))
