@@ -27,7 +27,8 @@ from typing import Any
 from . import VERSION, login, reply
 from .mailbox import Maildir
 from .net.lineio import LineTooLong
-from .pop3_mailbox import LOCKS, Maildrop, NoSuchMessage, locate, retr_chunks, top_text
+from .pop3_mailbox import (LOCKS, Maildrop, NoSuchMessage, locate, retr_chunks, top_text,
+                           unique_id)
 from .reply import Disconnect, Refusal, Reply
 from .session import Session
 
@@ -213,7 +214,7 @@ class POP3Session(Session):
 
     def do_uidl(self, arg: str) -> None:
         """RFC 1939 section 7: the unique id stays the same across sessions."""
-        self._scan_listing(arg, lambda n, entry: f"{n} {entry.uid}")
+        self._scan_listing(arg, lambda n, entry: f"{n} {unique_id(entry.uid)}")
 
     def _scan_listing(self, arg: str, line: Any) -> None:
         if arg.strip():

@@ -17,7 +17,9 @@ from :meth:`extremail.mailbox.Maildir.scan` of the logged-in user's own Maildir.
 
 from __future__ import annotations
 
+import hashlib
 import os
+import re
 import threading
 from collections.abc import Iterator
 
@@ -29,6 +31,8 @@ from .store import fsync_directory
 # most one piece (and one line) in memory whatever the message size.
 CHUNK = 1 << 20
 END_MARK = b".\r\n"
+# RFC 1939 section 7 (UIDL): 1 to 70 characters in the range 0x21 to 0x7E.
+_UNIQUE_ID = re.compile(r"[\x21-\x7e]{1,70}")
 
 
 class LockTable:
@@ -127,6 +131,14 @@ class Maildrop:
             except OSError as exc:
                 problems.append(f"cannot sync {directory}: {exc.strerror or exc}")
         return removed, problems
+
+
+def unique_id(uid: str) -> str:
+    """The Maildir unique id as RFC 1939 allows it; a long one (a long host name) or an
+    odd one (a file another program named) is replaced by its SHA-1, just as stable."""
+    if _UNIQUE_ID.fullmatch(uid):
+        return uid
+    return hashlib.sha1(uid.encode("utf-8", "surrogateescape")).hexdigest()
 
 
 def locate(entry: Entry) -> str | None:

@@ -139,6 +139,14 @@ def test_seen_path_keeps_the_unique_id_and_flags():
     assert pop3_mailbox.seen_path("/m/cur/1.x:2,S") == "/m/cur/1.x:2,S"
 
 
+def test_unique_ids_fit_rfc_1939():
+    short = "1795413010.M211583P19344Q1.mx"
+    assert pop3_mailbox.unique_id(short) == short
+    for odd in ("1795413010.M211583P19344Q1." + "long-host-name." * 4, "with space", "ünï"):
+        uid = pop3_mailbox.unique_id(odd)
+        assert uid == pop3_mailbox.unique_id(odd) and len(uid) == 40 and uid.isalnum()
+
+
 def _wire(tmp_path, data: bytes, chunk: int | None = None) -> bytes:
     path = tmp_path / "msg"
     path.write_bytes(data)
