@@ -276,7 +276,6 @@ class Spool:
             if ".tmp." in name:  # an interrupted state update: the old envelope is still there
                 _unlink(path)
                 continue
-            envelopes.add(name)
             try:
                 with open(path, "rb") as handle:
                     message = parse(handle.read(), os.path.join(self.msg_dir, name))
@@ -286,10 +285,11 @@ class Spool:
                 LOG.error("spool: envelope %s unreadable (%s): moved to %s", name, exc, self.corrupt_dir)
                 self._set_aside(path, f"{name}.env")
                 continue
+            envelopes.add(name)
             messages.append(message)
         for name in os.listdir(self.msg_dir):
             if name not in envelopes:
-                LOG.warning("spool: message %s has no envelope (never acknowledged): moved to %s",
+                LOG.warning("spool: message %s has no readable envelope: moved to %s",
                             name, self.corrupt_dir)
                 self._set_aside(os.path.join(self.msg_dir, name), f"{name}.msg")
         return messages
