@@ -127,6 +127,23 @@ def test_commands_outside_their_state_and_unknown_ones_get_err(server):
     assert wire.closed()
 
 
+def test_pipelined_commands_are_answered_in_order(server):
+    """RFC 2449 PIPELINING: a whole batch in one write, every reply in order."""
+    deliver(server, "mick", "acme.test", message("piped"))
+    wire = Wire(server.pop3_port)
+    wire.send(b"CAPA\r\nUSER mick@acme.test\r\nPASS secret\r\nSTAT\r\nUIDL\r\nRETR 1\r\n"
+              b"DELE 1\r\nNOOP\r\nQUIT\r\n")
+    assert wire.line().startswith("+OK")
+    assert b"PIPELINING" in wire.data()
+    assert [wire.line()[:3] for _ in range(3)] == ["+OK"] * 3
+    assert wire.line().startswith("+OK") and wire.data().startswith(b"1 ")
+    assert wire.line().startswith("+OK") and b"Subject: piped" in wire.data()
+    assert [wire.line() for _ in range(3)] == [
+        "+OK Message 1 deleted", "+OK NOOP",
+        "+OK eXtremail POP3 server signing off (1 messages deleted)"]
+    assert wire.closed()
+
+
 # ---- logins ----
 def test_login_forms(server):
     server.setup_mail({"eu.acme.test": {"anna": "pw-eu"}, "local.test": {"carl": "pw-local"}})
