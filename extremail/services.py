@@ -33,9 +33,15 @@ def _pop3() -> Any:
     return POP3Session
 
 
+def _smtp() -> Any:
+    from .smtp.server import SMTPSession
+    return SMTPSession
+
+
 SERVICES: list[Service] = [
     Service("remt", "PORT_REMT", "QUEUE_REMT", "CFG_REMT_BIND", _remote),
     Service("pop3", "PORT_POP3", "QUEUE_POP3", "CFG_BIND", _pop3),
+    Service("smtp", "PORT_SMTP", "QUEUE_SMTP", "CFG_BIND", _smtp),
 ]
 
 

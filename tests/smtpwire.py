@@ -6,7 +6,7 @@ import os
 import re
 import socket
 
-from harness import ServerProcess
+from harness import ServerProcess, wait_until
 
 # RFC 5321 4.2: "250-text" continues, "250 text" ends; RFC 3463 class.subject.detail
 _REPLY_LINE = re.compile(rb"^(\d{3})([ -])(.*)$")
@@ -59,14 +59,21 @@ def start(base: str, **settings: str) -> ServerProcess:
     return server
 
 
-def messages(server: ServerProcess, user: str = "mick", domain: str = "acme.test") -> list[bytes]:
-    """The messages delivered to a user's Maildir/new, oldest first."""
+def messages(server: ServerProcess, user: str = "mick", domain: str = "acme.test") -> dict[str, bytes]:
+    """The messages in a user's Maildir/new by file name."""
     directory = os.path.join(server.maildir(user, domain), "new")
     if not os.path.isdir(directory):
-        return []
-    names = sorted(os.listdir(directory))
-    out = []
-    for name in names:
+        return {}
+    out = {}
+    for name in os.listdir(directory):
         with open(os.path.join(directory, name), "rb") as handle:
-            out.append(handle.read())
+            out[name] = handle.read()
     return out
+
+
+def new_messages(server: ServerProcess, before: dict[str, bytes], user: str = "mick",
+                 domain: str = "acme.test") -> list[bytes]:
+    """Wait for messages that were not in ``before`` (a :func:`messages` snapshot)."""
+    def arrived() -> list[bytes]:
+        return [data for name, data in messages(server, user, domain).items() if name not in before]
+    return wait_until(arrived, what=f"new mail for {user}@{domain}")

@@ -15,8 +15,7 @@ import subprocess
 import pytest
 
 import smtpwire
-from harness import wait_until
-from smtpwire import OUTSIDE, messages
+from smtpwire import OUTSIDE, messages, new_messages
 
 UNTRUSTED = "10.255.255.1"   # a CFG_LOCALIP that no test client uses (never contacted)
 
@@ -121,14 +120,14 @@ def test_relay_tricks_never_relay(closed, recipient, expected):
 
 def test_tricks_to_a_catch_all_stay_local(closed):
     """With a DEFMAILBOX the trick addresses are accepted, and land in the local mailbox."""
-    before = len(messages(closed))
+    before = messages(closed)
     with smtplib.SMTP("127.0.0.1", closed.smtp_port) as client:
         client.ehlo("client.test")
         refused = client.sendmail("a@x.test", ["bob%remote.test@catch.test",
                                                "remote.test!bob@catch.test"],
                                   b"Subject: trick\r\n\r\nbody\r\n")
     assert refused == {}
-    new = wait_until(lambda: messages(closed)[before:])
+    new = new_messages(closed, before)
     assert b"Subject: trick" in new[0]
 
 

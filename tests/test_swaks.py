@@ -8,8 +8,7 @@ import subprocess
 import pytest
 
 import smtpwire
-from harness import wait_until
-from smtpwire import messages
+from smtpwire import messages, new_messages
 
 SWAKS = shutil.which("swaks")
 pytestmark = pytest.mark.skipif(SWAKS is None, reason="swaks is not installed")
@@ -29,11 +28,11 @@ def swaks(server, *args: str) -> subprocess.CompletedProcess:
 
 @pytest.mark.parametrize("extra", [[], ["--pipeline"]])
 def test_swaks_delivers(mx, extra):
-    before = len(messages(mx))
+    before = messages(mx)
     result = swaks(mx, "-f", "a@x.test", "-t", "mick@acme.test", "--header",
                    f"Subject: swaks {extra}", *extra)
     assert result.returncode == 0, result.stdout + result.stderr
-    new = wait_until(lambda: messages(mx)[before:])
+    new = new_messages(mx, before)
     assert f"Subject: swaks {extra}".encode() in new[0]
     if extra:
         assert "PIPELINING" in result.stdout
