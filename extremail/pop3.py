@@ -24,7 +24,7 @@ import base64
 import binascii
 from typing import Any
 
-from . import VERSION, login, reply
+from . import VERSION, log, login, reply
 from .mailbox import Maildir
 from .net.lineio import LineTooLong
 from .pop3_mailbox import (LOCKS, Maildrop, NoSuchMessage, locate, retr_chunks, top_text,
@@ -279,13 +279,15 @@ class POP3Session(Session):
             raise Disconnect(BYE)
         removed, problems = self.drop.update()
         self._unlock()
+        for uid in removed:
+            self.log.log(log.DETAIL, "%s: deleted %s", self.describe(), uid)
         if removed:
-            self.log.info("%s: %d messages deleted at QUIT", self.describe(), removed)
+            self.log.info("%s: %d messages deleted at QUIT", self.describe(), len(removed))
         for problem in problems:
             self.log.error("%s: %s", self.describe(), problem)
         if problems:
             raise Disconnect(_err("[SYS/TEMP] Some deleted messages not removed"))
-        raise Disconnect(BYE.with_text(f"{BYE.text} ({removed} messages deleted)"))
+        raise Disconnect(BYE.with_text(f"{BYE.text} ({len(removed)} messages deleted)"))
 
     COMMANDS = {
         "CAPA": (do_capa, frozenset({"auth", "transaction"})),

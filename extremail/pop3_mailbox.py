@@ -96,13 +96,15 @@ class Maildrop:
     def reset(self) -> None:
         self.deleted.clear()
 
-    def update(self) -> tuple[int, list[str]]:
+    def update(self) -> tuple[list[str], list[str]]:
         """RFC 1939 section 6: remove the marked messages, mark the retrieved ones seen.
 
-        Returns (messages removed, problems); a message another reader already removed
+        Returns (unique ids removed, problems); a message another reader already removed
         counts as removed.
         """
-        removed, problems, touched = 0, [], set()
+        removed: list[str] = []
+        problems: list[str] = []
+        touched: set[str] = set()
         for number in sorted(self.deleted):
             entry = self.entries[number - 1]
             path = locate(entry)
@@ -110,7 +112,7 @@ class Maildrop:
                 if path is not None:
                     os.unlink(path)
                     touched.add(os.path.dirname(path))
-                removed += 1
+                removed.append(entry.uid)
             except OSError as exc:
                 problems.append(f"cannot remove {entry.uid}: {exc.strerror or exc}")
         for number in sorted(self.retrieved - self.deleted):

@@ -109,7 +109,7 @@ def test_maildrop_marks_then_updates(tmp_path):
     drop.delete(1)
     drop.retrieved.update({1, 3})
     maildir.deliver(b"Subject: d\n\nd\n")  # not in this snapshot: untouched by UPDATE
-    assert drop.update() == (1, [])
+    assert drop.update() == ([uids[0]], [])
     after = maildir.scan()
     assert [entry.uid for entry in after][:2] == uids[1:]
     names = {os.path.basename(os.path.dirname(e.path)) + "/" + os.path.basename(e.path)
@@ -128,7 +128,7 @@ def test_update_finds_messages_another_reader_moved(tmp_path):
     os.unlink(second.path)  # an IMAP client expunged it meanwhile
     drop.retrieved.add(1)
     drop.delete(2)
-    assert drop.update() == (1, [])
+    assert drop.update() == ([second.uid], [])
     (only,) = os.listdir(os.path.join(maildir.path, "cur"))
     assert only.endswith(":2,FS")
 
