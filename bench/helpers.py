@@ -32,6 +32,8 @@ class Sink:
     def available() -> str | None:
         if not os.path.exists(SMTP_SINK):
             return "smtp-sink (Debian's postfix) is not installed"
+        if os.geteuid() != 0:
+            return f"smtp-sink runs as {SINK_USER}, which needs root"
         try:
             pwd.getpwnam(SINK_USER)
         except KeyError:

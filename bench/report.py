@@ -80,7 +80,7 @@ def headline(rows: list[Scenario], details: dict, results: dict) -> dict[str, di
             rates = [sum(r.messages for r in rep) / sum(r.seconds for r in rep)
                      for rep in zip(*runs, strict=True)]
             entry[server] = _round(statistics.median(rates))
-    return out
+    return dict(sorted(out.items()))
 
 
 def _round(value: float | None) -> float | None:

@@ -97,6 +97,7 @@ class Result:
             return {"error": self.error}
         rate = self.messages / self.seconds if self.seconds else None
         return {
+            "messages": self.messages,
             "msg_per_s": rate,
             "MB_per_s": self.bytes / self.seconds / 1e6 if self.seconds else None,
             "p50_ms": self.p50 * 1000 if self.p50 is not None else None,
