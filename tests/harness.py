@@ -9,7 +9,7 @@ import socket
 import subprocess
 import sys
 import time
-from typing import Callable
+from collections.abc import Callable
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PORT_PARAMS = ("PORT_SMTP", "PORT_POP3", "PORT_REMT")
@@ -135,7 +135,7 @@ class ServerProcess:
         return os.path.join(self.base, *parts)
 
     def start(self) -> None:
-        self.stderr = open(self.path("stderr.log"), "ab")
+        self.stderr = open(self.path("stderr.log"), "ab")  # noqa: SIM115 - lives as long as the server
         self.proc = subprocess.Popen([sys.executable, "-m", "extremail", "start", "--foreground"],
                                      env=env_for(self.base), stdout=subprocess.DEVNULL,
                                      stderr=self.stderr)
@@ -143,8 +143,10 @@ class ServerProcess:
 
     def _ready(self) -> bool:
         if self.proc is not None and self.proc.poll() is not None:
-            raise AssertionError(f"server exited with {self.proc.returncode}: {self.log_text()[-3000:]}"
-                                 f"{open(self.path('stderr.log')).read()[-3000:]}")
+            with open(self.path("stderr.log"), errors="replace") as handle:
+                stderr = handle.read()[-3000:]
+            raise AssertionError(f"server exited with {self.proc.returncode}: "
+                                 f"{self.log_text()[-3000:]}{stderr}")
         try:
             with socket.create_connection(("127.0.0.1", self.remt_port), timeout=1) as sock:
                 sock.recv(100)

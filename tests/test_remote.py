@@ -80,8 +80,9 @@ def test_before_login_only_help_and_quit(server: ServerProcess) -> None:
 
 
 # ---------------------------------------------------------------- USER
-def test_user_add_stores_a_scrypt_hash_never_the_password(server: ServerProcess,
-                                                         admin: Admin) -> None:
+def test_user_add_stores_a_scrypt_hash_never_the_password(make_server) -> None:
+    server = make_server(CFG_LOG_LEVEL="5")  # debug: every protocol line is traced (redacted)
+    admin = server.admin()
     ok(admin, "DOMAIN ADD NAME=acme.test")
     ok(admin, "USER ADD NAME=mick DOMAIN=acme.test PASS=Clear-Text-42")
     ok(admin, "USER ADD NAME=anne DOMAIN=acme.test")
