@@ -225,6 +225,10 @@ class Store:
         self.tables: tuple[Table[Any], ...] = (self.domains, self.users, self.aliases, self.denies,
                                                self.mlists, self.mlistusers)
 
+    def writing(self) -> threading.RLock:
+        """The writers' lock: hold it to check and then change the data as one step."""
+        return self._write_lock
+
     # ---- loading ----
     def load(self) -> list[str]:
         """(Re)read every file.  A file that cannot be parsed keeps its previous contents;

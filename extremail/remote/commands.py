@@ -964,6 +964,7 @@ _DENY_WORDS = " | ".join(DENY_KINDS)
 _DENY_VALUE_NAMES = {"IPIN": "ip/mask", "IPOUT": "ip/mask", "DOMAININ": "domain",
                      "DOMAINOUT": "domain", "MAILBOXIN": "mailbox", "MAILBOXOUT": "mailbox"}
 _DENY_PARAMS = " | ".join(f"{k}=<{_DENY_VALUE_NAMES[k]}>" for k in DENY_KINDS)
+DATA_GROUPS = frozenset({"USER", "DOMAIN", "ALIAS", "DENY", "MLIST", "MLISTUSER"})
 HELP_TOPICS = ("USER", "DOMAIN", "ALIAS", "DENY", "MLIST", "MLISTUSER", "QUEUE", "DNS", "CONN")
 _SELECT = ("ALL", "MAILBOX=", "DOMAIN=")
 
@@ -1122,7 +1123,13 @@ def execute(ctx: Any, command: Command, logged_in: bool) -> Answer:
     try:
         spec, rest = _find(command.words)
         _check(spec, rest, command.params)
-        return spec.handler(ctx, Request(ctx, spec, rest, dict(command.params)))
+        request = Request(ctx, spec, rest, dict(command.params))
+        if spec.words[0] in DATA_GROUPS:
+            # checks and changes as one step: two sessions cannot both pass a check
+            # (a free DIR, a free name) and then both write
+            with ctx.store.writing():
+                return spec.handler(ctx, request)
+        return spec.handler(ctx, request)
     except (CommandError, StoreError, InvalidName) as exc:
         return Answer(False, str(exc))
 
