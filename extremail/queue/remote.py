@@ -2,8 +2,8 @@
 through CFG_SMART_HOST) and say what happened to each.
 
 ``deliver(message, recipients) -> {recipient: Outcome}`` is what the queue manager calls.
-Recipients are grouped by domain; up to CFG_NUM_DELIVERY domains of one message are
-delivered at once, one thread each.  For one domain:
+Recipients are grouped by domain (all in one group through a smart host); up to
+CFG_NUM_DELIVERY domains of one message are delivered at once, one thread each.  For one domain:
 
 1. the route comes from the DNS cache (or CFG_SMART_HOST); a DNS failure decides every
    recipient of the domain: permanent -> failed, temporary -> deferred;
@@ -76,8 +76,9 @@ class RemoteTransport:
 
     def deliver(self, message: QueuedMessage, recipients: list[str]) -> dict[str, Outcome]:
         groups: dict[str, list[str]] = {}
-        for rcpt in recipients:
-            groups.setdefault(domain_of(rcpt), []).append(rcpt)
+        for rcpt in recipients:  # through a smart host, all of them in one transaction
+            key = "smart host" if self.cfg.CFG_SMART_HOST else domain_of(rcpt)
+            groups.setdefault(key, []).append(rcpt)
         data = message.read()
         results: dict[str, Outcome] = {}
         if len(groups) == 1:
