@@ -1,6 +1,7 @@
-"""A real POP3 client, Debian's fetchmail, reads a mailbox: byte-exact messages (fetchmail
-hands an MDA the text with LF line ends and dot-stuffing undone), UIDL-based "seen"
-tracking across runs, and an empty mailbox afterwards."""
+"""A real POP3 client, Debian's fetchmail, reads a mailbox filled over SMTP: byte-exact
+messages (fetchmail hands an MDA the text with LF line ends and dot-stuffing undone, as
+the Maildir stores it), UIDL-based "seen" tracking across runs, and an empty mailbox
+afterwards."""
 
 from __future__ import annotations
 
@@ -49,9 +50,7 @@ def fetched(out: str) -> list[bytes]:
 def test_fetchmail_keeps_then_fetches_and_empties_the_mailbox(make_server, tmp_path):
     server = make_server()
     server.setup_mail(USERS)
-    sent = corpus()
-    for data in sent:
-        deliver(server, "mick", "acme.test", data)
+    sent = [deliver(server, "mick", "acme.test", data) for data in corpus()]
     home, first, second, third = (str(tmp_path / name) for name in ("home", "a", "b", "c"))
     for directory in (home, first, second, third):
         os.makedirs(directory, mode=0o700)
@@ -66,8 +65,7 @@ def test_fetchmail_keeps_then_fetches_and_empties_the_mailbox(make_server, tmp_p
     assert run.returncode == 1, run.stdout + run.stderr
     assert fetched(second) == []
 
-    late = message("late")
-    deliver(server, "mick", "acme.test", late)
+    late = deliver(server, "mick", "acme.test", message("late"))
     os.unlink(f"{home}/ids")  # forget what was seen: fetch everything and delete it
     run = fetch(server, home, third, keep=False)
     assert run.returncode == 0, run.stdout + run.stderr

@@ -6,6 +6,7 @@ from __future__ import annotations
 import base64
 import os
 import poplib
+import smtplib
 import socket
 import time
 
@@ -18,9 +19,23 @@ USERS = {"acme.test": {"mick": "secret", "bob": "hunter2"}}
 
 
 # ---- helpers shared with the fetchmail and getmail tests ----
-def deliver(server, user: str, domain: str, data: bytes) -> str:
-    """Put ``data`` (LF line ends) in a mailbox the way local delivery does."""
-    return Maildir(server.maildir(user, domain)).deliver(data)
+def deliver(server, user: str, domain: str, data: bytes) -> bytes:
+    """Send ``data`` (LF line ends) to the user over SMTP; returns the message as the
+    server stored it (with its trace headers, LF line ends)."""
+    maildir = Maildir(server.maildir(user, domain))
+    before = {entry.uid for entry in maildir.scan()}
+    with smtplib.SMTP("127.0.0.1", server.smtp_port, timeout=60) as client:
+        client.sendmail("alice@remote.test", [f"{user}@{domain}"], data.replace(b"\n", b"\r\n"),
+                        mail_options=["BODY=8BITMIME"])
+    (entry,) = wait_until(lambda: [e for e in maildir.scan() if e.uid not in before], 30,
+                          "the message in the mailbox")
+    with open(entry.path, "rb") as handle:
+        return handle.read()
+
+
+def store_directly(server, data: bytes) -> None:
+    """A message file as another program may write it (CRLF, no final line end)."""
+    Maildir(server.maildir("mick", "acme.test")).deliver(data)
 
 
 def message(subject: str, body: str = "Hello.\n") -> bytes:
@@ -279,8 +294,8 @@ def _can_log_in(server) -> bool:
 
 def test_stat_list_uidl_retr_top_dele_rset_noop(server):
     first, second = message("one"), message("two", "Line 1\nLine 2\nLine 3\n")
-    deliver(server, "mick", "acme.test", first)
-    deliver(server, "mick", "acme.test", second)
+    first = deliver(server, "mick", "acme.test", first)
+    second = deliver(server, "mick", "acme.test", second)
     client = pop(server)
     sizes = [len(first) + first.count(b"\n"), len(second) + second.count(b"\n")]
     assert client.stat() == (2, sum(sizes))
@@ -384,7 +399,7 @@ def test_dot_stuffing_and_line_ends_round_trip(server):
     body = (b".\n..\n.starts with a dot\n. \nmiddle . dot\n.\n"
             b"crlf line\r\nlast line without end")
     data = message("dots").rstrip(b"\n") + b"\n" + body
-    deliver(server, "mick", "acme.test", data)
+    store_directly(server, data)
     wire = Wire(server.pop3_port)
     wire.cmd("USER mick@acme.test")
     wire.cmd("PASS secret")
@@ -405,8 +420,10 @@ def test_list_and_stat_sizes_equal_what_retr_sends(server):
     big_line = b"x" * 998 + b"\n"
     big = message("big").rstrip(b"\n") + b"\n" + (big_line * 3100) + b".dot after a chunk\n"
     small = message("crlf stored", "a\r\nb\r\n.c\r\n")  # CRLF stored by another program
-    for data in (message("small"), big, small, b"Subject: empty body\n\n"):
-        deliver(server, "mick", "acme.test", data)
+    deliver(server, "mick", "acme.test", message("small"))
+    deliver(server, "mick", "acme.test", big)
+    store_directly(server, small)
+    deliver(server, "mick", "acme.test", b"Subject: empty body\n\n")
     client = pop(server)
     count, total = client.stat()
     _, listing, _ = client.list()
@@ -420,9 +437,10 @@ def test_list_and_stat_sizes_equal_what_retr_sends(server):
 
 
 def test_top_sends_the_header_and_n_body_lines(server):
-    deliver(server, "mick", "acme.test", message("top", "".join(f"line {i}\n" for i in range(10))))
+    stored = deliver(server, "mick", "acme.test",
+                     message("top", "".join(f"line {i}\n" for i in range(10))))
     client = pop(server)
-    header = message("top", "").rstrip(b"\n").split(b"\n")
+    header = stored.split(b"\n\n")[0].split(b"\n")
     assert client.top(1, 0)[1] == [*header, b""]
     assert client.top(1, 3)[1] == [*header, b"", b"line 0", b"line 1", b"line 2"]
     assert client.top(1, 100)[1][-1] == b"line 9"
