@@ -1,11 +1,11 @@
 """MX resolution (RFC 5321 section 5.1, RFC 7505) behind an injectable resolver.
 
 :class:`MXResolver` turns a mail domain into a :class:`Route`: the MX hosts in preference
-order (equal preferences shuffled on every use, STYLE.md habit 11), each with its A and
-AAAA addresses, the port to connect to, and the TTL the answer may be cached for (the
-smallest TTL seen).  No MX records means the implicit MX (the domain's own addresses);
-a single MX ``.`` is the null MX of RFC 7505 and fails at once.  CFG_SMART_HOST replaces
-all of it with one relay.
+order (equal preferences shuffled on every use, STYLE.md habit 11; none at or after our
+own name, CFG_HOSTNAME), each with its A and AAAA addresses, the port to connect to, and
+the TTL the answer may be cached for (the smallest TTL seen).  No MX records means the
+implicit MX (the domain's own addresses); a single MX ``.`` is the null MX of RFC 7505
+and fails at once.  CFG_SMART_HOST replaces all of it with one relay.
 
 Failures are :class:`DNSError` carrying the reply a delivery reports: NXDOMAIN, the null
 MX or a domain with no address at all are permanent (5xx); SERVFAIL, a timeout
@@ -178,6 +178,14 @@ class MXResolver:
         if not hosts:
             # RFC 3463 X.4.4: unable to route; temporary when a lookup could not finish.
             raise problem or DNSError(Reply(550, "5.4.4", f"no MX host of {domain} has an address"))
+        # RFC 5321 5.1: when we are one of the MX hosts, only those more preferred than
+        # we are may be tried; if there are none, the mail would loop back to us.
+        ours = [h.preference for h in hosts if h.name == self.cfg.hostname]
+        if ours:
+            hosts = [h for h in hosts if h.preference < min(ours)]
+            if not hosts:
+                raise DNSError(Reply(554, "5.4.6", f"mail for {domain} loops back to myself "
+                                                   f"({self.cfg.hostname} is its best MX)"))
         return Route(domain, order_hosts(hosts, self.rng), self.cfg.PORT_SMTP_OUT,
                      min(MAX_TTL, ttl))
 

@@ -6,8 +6,9 @@ States of a domain's entry:
 * **Active**: created by a successful resolution (delivery or ``DNS RESOLV``); used until
   its TTL (the smallest TTL of the answer) runs out, then dropped and resolved again.
 * **Not active**: set after :data:`NOT_ACTIVE_AFTER` consecutive delivery rounds in which
-  no MX host of the domain could even be connected to.  Deliveries to the domain are then
-  deferred without connecting.  It ends when the administrator flushes the entry
+  no MX host of the domain opened a session (every connection refused, timed out, or
+  turned away at the greeting).  Deliveries to the domain are then deferred without
+  connecting.  It ends when the administrator flushes the entry
   (``DNS CACHE FLUSH``), or by itself CFG_HOR_RETRY_MAIL hours after it was set (by then
   every message that was waiting for the domain has expired), whichever comes first; the
   TTL does not end it.  Decision recorded here because the manual leaves it open.
@@ -35,7 +36,7 @@ from .reply import Reply
 from .store import atomic_write
 
 LOG = log.get("dns")
-NOT_ACTIVE_AFTER = 5  # consecutive delivery rounds with no MX host reachable
+NOT_ACTIVE_AFTER = 5  # consecutive delivery rounds in which no MX host greeted us
 FILE_VERSION = 1
 
 

@@ -104,6 +104,13 @@ def test_an_mx_host_that_fails_is_left_out(tmp_path, dns_server):
     assert [h.name for h in route.hosts] == ["ok.halfbad.test"]
 
 
+def test_mx_hosts_from_our_own_preference_on_are_left_out(tmp_path, dns_server):
+    resolver = resolver_for(tmp_path, dns_server, CFG_HOSTNAME="mx2.dest.test")
+    assert [h.name for h in resolver.resolve("dest.test").hosts] == ["mx1.dest.test"]
+    reply = failure(resolver_for(tmp_path, dns_server, CFG_HOSTNAME="mx1.dest.test"), "dest.test")
+    assert (reply.code, reply.enhanced) == (554, "5.4.6")
+
+
 def test_smart_host_by_name_and_by_ip(tmp_path, dns_server):
     resolver = resolver_for(tmp_path, dns_server, CFG_SMART_HOST="relay.test:2600")
     route = resolver.smart_host("anything.test")

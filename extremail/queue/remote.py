@@ -132,8 +132,13 @@ class RemoteTransport:
 
     def _targets(self, route: Route) -> tuple[list[tuple[str, str]], int]:
         """(host, address) pairs to try in order, and how many IPOUT entries removed."""
-        networks = [ipaddress.ip_network(d.value, strict=False)
-                    for d in self.ctx.store.denies.rows.values() if d.kind == "IPOUT"]
+        networks: list[ipaddress.IPv4Network | ipaddress.IPv6Network] = []
+        for deny in self.ctx.store.denies.rows.values():
+            if deny.kind == "IPOUT":
+                try:
+                    networks.append(ipaddress.ip_network(deny.value, strict=False))
+                except ValueError:
+                    LOG.warning("IPOUT deny entry %r is not an address or network", deny.value)
         pairs = [(h.name, a) for h in route.hosts for a in h.addresses]
         allowed = [(h, a) for h, a in pairs if not denied(a, networks)]
         return allowed[:MAX_ADDRESSES], len(pairs) - len(allowed)

@@ -174,7 +174,7 @@ class Client:
                 raise Refused(Reply(552, "5.3.4", f"message of {len(data)} bytes exceeds the "
                                                   f"{limit}-byte limit of {attempt.host}"))
             mail += f" SIZE={len(data)}"
-        if any(byte >= 0x80 for byte in data):
+        if not data.isascii():
             if "8BITMIME" in features:
                 mail += " BODY=8BITMIME"  # RFC 6152 2
             else:
