@@ -4,7 +4,9 @@ The stored command line is split with :func:`shlex.split` and run WITHOUT a shel
 character of an address or of the message can become shell syntax.  The environment holds
 only PATH, SENDER and RECIPIENT (nothing of the server's own environment).  Exit status
 (sysexits.h): 0 delivered; 75 (EX_TEMPFAIL) try again later; anything else failed.  The
-first line of the program's output goes into the log and the DSN.  A program that runs
+first line of the program's output goes into the log and the DSN.  The message is handed
+over in an unlinked temporary file, so a program never sees a truncated message, even if
+the server is killed while it runs.  A program that runs
 longer than :data:`TIMEOUT_SECONDS` is killed and retried later.
 
 Pipes run from the queue's delivery threads, never in an SMTP session.
@@ -17,6 +19,7 @@ from __future__ import annotations
 
 import shlex
 import subprocess
+import tempfile
 
 from . import log
 from .queue.spool import Outcome
@@ -30,7 +33,7 @@ SAFE_PATH = "/usr/local/bin:/usr/bin:/bin"
 
 
 def _first_line(output: bytes) -> str:
-    line = output[:MAX_OUTPUT].decode("utf-8", "replace").strip().split("\n", 1)[0]
+    line = output.decode("utf-8", "replace").strip().split("\n", 1)[0]
     return line.strip()[:200]
 
 
@@ -45,8 +48,15 @@ def run(command: str, data: bytes, sender: str, recipient: str,
         return Outcome("failed", "554 5.3.5 Empty pipe command")
     env = {"PATH": SAFE_PATH, "SENDER": sender, "RECIPIENT": recipient}
     try:
-        done = subprocess.run(argv, input=data, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                              env=env, timeout=timeout, close_fds=True, cwd="/")
+        # stdin and stdout are unlinked files, not pipes: if the server dies meanwhile the
+        # program still reads the whole message (never a truncated one) and can still write
+        with tempfile.TemporaryFile() as stdin, tempfile.TemporaryFile() as stdout:
+            stdin.write(data)
+            stdin.seek(0)
+            done = subprocess.run(argv, stdin=stdin, stdout=stdout, stderr=subprocess.STDOUT,
+                                  env=env, timeout=timeout, close_fds=True, cwd="/")
+            stdout.seek(0)
+            output = stdout.read(MAX_OUTPUT)
     except subprocess.TimeoutExpired:
         return Outcome("deferred", f"451 4.3.0 Pipe program timed out after {int(timeout)}s")
     except FileNotFoundError:
@@ -55,7 +65,7 @@ def run(command: str, data: bytes, sender: str, recipient: str,
         return Outcome("failed", f"554 5.3.5 Pipe program not executable: {argv[0]}")
     except OSError as exc:
         return Outcome("deferred", f"451 4.3.0 Pipe program could not run: {exc.strerror or exc}")
-    first = _first_line(done.stdout)
+    first = _first_line(output)
     detail = f": {first}" if first else ""
     if done.returncode == 0:
         return Outcome("delivered", f"250 2.0.0 Delivered to program{detail}")

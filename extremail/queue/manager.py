@@ -74,6 +74,11 @@ class QueueManager:
         recovered = self.spool.recover()
         with self.cond:
             for message in recovered:
+                for r in message.recipients:
+                    if r.status == QUEUED and r.attempts and not r.reply:
+                        r.next_attempt = 0.0  # killed during the attempt: try again at once
+                        LOG.info("queue %s: <%s> attempt was interrupted; retrying now", message.id,
+                                 r.address)
                 self.messages[message.id] = message
                 self._schedule(message)
         LOG.info("queue: %d message(s) recovered from the spool; %d delivery threads",
@@ -183,6 +188,7 @@ class QueueManager:
             r.attempts += 1
             r.last_attempt = now
             r.next_attempt = schedule.next_attempt(now, cfg.CFG_MIN_QUEUE)
+            r.reply = ""  # no result yet: an attempt cut short by a crash is retried at start
         self.spool.save(message)
         if due:
             data = message.read()
