@@ -155,3 +155,26 @@ def test_queued_pipe_survives_kill_9_and_is_delivered_once(piped) -> None:
     wait_until(lambda: queue_rows(server) == [], what="the recovered message to be delivered")
     assert len(runs(out)) == 2  # one temporary failure, one delivery: never twice delivered
     assert "1 message(s) recovered from the spool" in server.log_text()
+
+
+def test_unwritable_maildir_goes_to_the_spool_and_is_retried(make_server, tmp_path) -> None:
+    server = make_server()
+    blocker = tmp_path / "not-a-directory"
+    blocker.write_text("a file where the Maildir's parent should be")
+    admin = server.admin()
+    for command in ("DOMAIN ADD NAME=acme.test", "USER ADD NAME=mick DOMAIN=acme.test PASS=x",
+                    f"USER ADD NAME=lost DOMAIN=acme.test PASS=x DIR={blocker}/lost"):
+        assert admin.cmd(command).startswith("+OK"), command
+    admin.close()
+    send(server, "a@remote.test", ["lost@acme.test", "mick@acme.test"])  # 250: the spool has it
+    assert len(maildir_files(server)) == 1
+    [row] = wait_until(lambda: [r for r in queue_rows(server) if r[7] == "1"], what="a failed attempt")
+    assert row[1] == "lost@acme.test" and row[8] == "queued"
+    assert "Mailbox not writable" in server.log_text()
+    blocker.unlink()
+    blocker.mkdir()
+    admin = server.admin()
+    admin.cmd("QUEUE RESEND DOMAIN=acme.test")
+    admin.close()
+    wait_until(lambda: queue_rows(server) == [], what="the retry")
+    assert len(glob.glob(str(blocker / "lost" / "new" / "*"))) == 1
