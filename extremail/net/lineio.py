@@ -19,8 +19,9 @@ import ssl
 
 CRLF = b"\r\n"
 END_OF_DATA = b"\r\n.\r\n"
-# RFC 5321 4.5.3.1.6: a text line is at most 1000 octets with its CRLF.
-_LONG_TEXT_LINE = re.compile(rb"[^\r\n]{999}")
+# RFC 5321 4.5.3.1.6: a text line is at most 1000 octets with its CRLF.  Anchored at line
+# starts so each line is scanned once (unanchored, a 3 MB message took 40 s).
+_LONG_TEXT_LINE = re.compile(rb"(?:\A|[\r\n])[^\r\n]{999}")
 
 
 class Closed(Exception):
