@@ -21,7 +21,7 @@ import sys
 import tempfile
 import time
 
-from . import machine, report, scenarios
+from . import machine, profile, report, scenarios
 from .aiosmtpd_peer import Aiosmtpd
 from .dovecot import Dovecot
 from .extremail_peer import Extremail
@@ -50,6 +50,8 @@ def parse(argv: list[str]) -> argparse.Namespace:
                         help="where latest.json and latest.png go (default: bench/results)")
     parser.add_argument("--keep", action="store_true",
                         help="keep the work directory (servers' logs and Maildirs)")
+    parser.add_argument("--profile", action="store_true",
+                        help="sample eXtremail with py-spy in every row: RESULTS/profile-ROW.txt")
     return parser.parse_args(argv)
 
 
@@ -121,8 +123,12 @@ class Run:
         for rep in range(reps):
             for name in servers[rep % len(servers):] + servers[:rep % len(servers)]:
                 mine = [row for row in rows if row.letter in PEERS[name].scenarios]
-                if mine:
-                    self._one_server(name, rep, mine, rows, sink, dns, results)
+                # (h) weighs a fresh server; the others share one instance, each row
+                # delivering into mailboxes of its own.
+                for group in ([row for row in mine if row.kind == "idle"],
+                              [row for row in mine if row.kind != "idle"]):
+                    if group:
+                        self._one_server(name, rep, group, rows, sink, dns, results)
         details = report.medians(results)
         scores = report.headline(rows, details, results)
         checks = report.targets(scores, details)
@@ -154,32 +160,48 @@ class Run:
         os.makedirs(path, mode=0o755, exist_ok=True)
         return path
 
-    def _one_server(self, name: str, rep: int, mine: list[scenarios.Scenario],
+    def _one_server(self, name: str, rep: int, group: list[scenarios.Scenario],
                     rows: list[scenarios.Scenario], sink: Sink | None,
                     dns: LoopbackDNS | None, results: dict) -> None:
-        """Start one server fresh, run its rows once, stop it."""
-        workdir = self._dir(f"{name}-{rep}")
+        """Start one server fresh, run ``group`` once, stop it."""
+        workdir = self._dir(f"{name}-{rep}-{group[0].key}")
         sink_port = sink.port if sink else 9  # discard port: nothing relays without a sink
         peer = PEERS[name](workdir, scenarios.users(rows), sink_port, dns.port if dns else 0)
+        began = time.monotonic()
         try:
             self.start(peer)
-            if peer.smtp_port:
+            if any(row.kind in ("smtp", "relay") for row in group):
                 scenarios.warm_up(peer)
-            scenarios.prefill(mine, peer)
+            scenarios.prefill(group, peer)
         except Exception as error:  # one server failing must not stop the rest
             self.stop(peer)
-            for row in mine:
+            for row in group:
                 results[row.key].setdefault(name, []).append(
                     scenarios.Result(error=f"start: {error}"))
             print(f"bench: rep {rep + 1} {name}: could not start: {error}", file=sys.stderr)
             return
+        print(f"bench: rep {rep + 1} {name:9} started in {time.monotonic() - began:.1f}s",
+              flush=True)
         try:
-            for row in mine:
-                result = scenarios.run_row(row, peer, sink)
+            for row in group:
+                result = self._run_row(row, peer, sink)
                 results[row.key].setdefault(name, []).append(result)
                 print(f"bench: rep {rep + 1} {name:9} {row.key:4} " + _summary(result), flush=True)
         finally:
             self.stop(peer)
+
+
+    def _run_row(self, row: scenarios.Scenario, peer: Peer, sink: Sink | None) -> scenarios.Result:
+        if not (self.args.profile and peer.name == "extremail" and row.kind != "idle"):
+            return scenarios.run_row(row, peer, sink)
+        os.makedirs(self.args.results, exist_ok=True)
+        path = os.path.join(self.args.results, f"profile-{row.key}.txt")
+        profiler = profile.Profiler(peer.roots()[0], path)
+        try:
+            return scenarios.run_row(row, peer, sink)
+        finally:
+            profiler.stop()
+            print("\n".join(f"  {line}" for line in profile.summary(path)))
 
 
 def _summary(result: scenarios.Result) -> str:
