@@ -115,7 +115,7 @@ class POP3Session(Session):
 
     # ---- AUTHORIZATION ----
     def do_capa(self, arg: str) -> None:
-        """RFC 2449 section 5; TOP, UIDL and the rest work in every state once logged in."""
+        """RFC 2449 section 5; USER and SASL are offered only before login (section 6)."""
         lines = ["TOP", "UIDL", "RESP-CODES", "AUTH-RESP-CODE", "PIPELINING",
                  f"IMPLEMENTATION eXtremail-{VERSION}"]
         if self.state == "auth":
