@@ -17,6 +17,10 @@ import sys
 from collections import Counter
 
 PY_SPY = os.path.join(os.path.dirname(sys.executable), "py-spy")
+# Leaf frames of a thread that waits for work or for its peer, not for the server:
+# left out of the summary (the raw file keeps them).
+WAITING = ("Condition.wait ", "Event.wait ", "socket.accept ", "LineIO._fill ",
+           "select ", "Thread.join ")
 
 
 def available() -> str | None:
@@ -45,7 +49,8 @@ class Profiler:
 
 
 def summary(path: str, top: int = 12) -> list[str]:
-    """The functions with the most samples, own ("self") and including callees ("total")."""
+    """The functions with the most busy samples, own ("self") and including what they
+    call ("total"); blocking calls such as fsync count as busy."""
     own: Counter[str] = Counter()
     total: Counter[str] = Counter()
     samples = 0
@@ -55,7 +60,9 @@ def summary(path: str, top: int = 12) -> list[str]:
                 stack, _, count = line.rstrip("\n").rpartition(" ")
                 if not count.isdigit():
                     continue
-                frames = stack.split(";")[1:]  # the first frame names the thread
+                frames = stack.split(";")
+                if frames[-1].startswith(WAITING):
+                    continue
                 samples += int(count)
                 if frames:
                     own[frames[-1]] += int(count)
@@ -65,7 +72,8 @@ def summary(path: str, top: int = 12) -> list[str]:
         return []
     if not samples:
         return []
-    lines = [f"{samples} samples; self% total% function"]
+    lines = [f"{samples} busy samples (waits for work or for the client left out); "
+             "self% total% function"]
     for frame, count in own.most_common(top):
         lines.append(f"{100 * count / samples:5.1f} {100 * total[frame] / samples:5.1f}  {frame}")
     lines.append("by total%:")
