@@ -273,6 +273,14 @@ def test_esmtp_received_has_no_for_with_two_recipients(mx):
     assert b" with ESMTP id " in message and b"\tfor <" not in message
 
 
+def test_helo_cannot_forge_received_fields(mx):
+    before = messages(mx)
+    with smtplib.SMTP("127.0.0.1", mx.smtp_port) as client:
+        client.ehlo("x;by(evil)")
+        client.sendmail("a@x.test", ["mick@acme.test"], MESSAGE)
+    assert b"Received: from x_by_evil_ ([127.0.0.1])\n" in new_messages(mx, before)[0]
+
+
 def test_eight_bit_body(mx):
     before = messages(mx)
     body = "Subject: caf\u00e9\r\n\r\nd\u00e9j\u00e0 vu\r\n".encode()

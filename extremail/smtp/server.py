@@ -49,6 +49,7 @@ NOT_IMPLEMENTED = ("EXPN", "TURN", "ETRN", "ATRN", "SEND", "SOML", "SAML", "BDAT
 
 _RECEIVED = re.compile(rb"(?:^|\r\n)received[ \t]*:", re.IGNORECASE)
 _HELO = re.compile(r"[\x21-\x7e]+\Z")
+_NOT_IN_RECEIVED = re.compile(r"[^A-Za-z0-9._:\[\]-]")  # keeps a HELO from forging ";" or "("
 _ids = itertools.count(1)
 
 
@@ -283,7 +284,8 @@ class SMTPSession(Session):
         protocol = ("ESMTP" if self.esmtp else "SMTP") + ("A" if self.authenticated else "")
         recipient = f"\r\n\tfor <{self.rcpts[0]}>" if len(self.rcpts) == 1 else ""
         date = format_datetime(datetime.now(UTC))
-        return (f"Received: from {self.helo} ([{literal}])\r\n"
+        helo = _NOT_IN_RECEIVED.sub("_", self.helo)
+        return (f"Received: from {helo} ([{literal}])\r\n"
                 f"\tby {self.cfg.hostname} (eXtremail {VERSION}) with {protocol} id {ident}"
                 f"{recipient}; {date}\r\n").encode("utf-8", "surrogateescape")
 
