@@ -397,3 +397,24 @@ def test_timeouts(slow, stage):
     assert client.reply() == (421, "4.4.2 Timeout exceeded, closing connection")
     assert time.monotonic() - started >= (0.9 if stage == 0 else 1.9)
     assert client.closed()
+
+
+# ---- management view ----
+def test_conn_smtp_show_and_status(make_server):
+    server = smtpwire.start(make_server(start=False).base)
+    admin = server.admin()
+    with smtplib.SMTP("127.0.0.1", server.smtp_port) as client:
+        client.ehlo("shown.test")
+        client.mail("a@x.test")
+        client.rcpt("mick@acme.test")
+        client.rcpt("joe@acme.test")
+        first, rows = admin.listing("CONN SMTP SHOW")
+        assert first == "+OK 1 SMTP connection"
+        fields = rows[0].split("\t")
+        assert fields[:4] == ["shown.test", "127.0.0.1", "a@x.test", "mick@acme.test,joe@acme.test"]
+        client.data(MESSAGE)
+    _, rows = admin.listing("STATUS")
+    status = dict(row.split("\t", 1) for row in rows)
+    assert status["Mails received:"] == "1" and status["SMTP in connections:"] == "1"
+    admin.close()
+    server.stop()
