@@ -80,8 +80,31 @@ class Maildir:
         self.path = path
 
     def ensure(self) -> None:
+        """Create the Maildir if it is missing, all at once: tmp/, new/ and cur/ are made in
+        a hidden sibling that is renamed into place, so a reader (POP3, Dovecot, mutt) never
+        sees a Maildir without its cur/."""
+        if all(os.path.isdir(os.path.join(self.path, sub)) for sub in SUBDIRS):
+            return
+        parent = os.path.dirname(self.path.rstrip(os.sep)) or "."
+        os.makedirs(parent, mode=0o700, exist_ok=True)
+        if os.path.isdir(self.path):  # an existing directory missing a subdirectory: complete it
+            for sub in SUBDIRS:
+                os.makedirs(os.path.join(self.path, sub), mode=0o700, exist_ok=True)
+            return
+        with _counter_lock:
+            serial = next(_counter)
+        building = os.path.join(parent, f".new-maildir.{os.getpid()}.{serial}")
         for sub in SUBDIRS:
-            os.makedirs(os.path.join(self.path, sub), mode=0o700, exist_ok=True)
+            os.makedirs(os.path.join(building, sub), mode=0o700)
+        try:
+            os.rename(building, self.path)
+        except OSError as exc:
+            if exc.errno not in (errno.EEXIST, errno.ENOTEMPTY):
+                raise
+            for sub in SUBDIRS:  # another thread made it first
+                os.rmdir(os.path.join(building, sub))
+            os.rmdir(building)
+        fsync_directory(parent)
 
     def deliver(self, data: bytes) -> str:
         """Store ``data`` (LF line ends) as a new message; returns its path in new/.
