@@ -167,8 +167,8 @@ class Maildir:
             directory = os.path.join(self.path, sub)
             try:
                 items = list(os.scandir(directory))
-            except FileNotFoundError:
-                continue
+            except (FileNotFoundError, NotADirectoryError):
+                continue  # no mailbox yet (or its path is blocked): nothing in it
             for item in items:
                 if item.name.startswith("."):
                     continue
