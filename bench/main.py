@@ -128,7 +128,7 @@ class Run:
                 for group in ([row for row in mine if row.kind == "idle"],
                               [row for row in mine if row.kind != "idle"]):
                     if group:
-                        self._one_server(name, rep, group, rows, sink, dns, results)
+                        self._one_server(name, rep, group, sink, dns, results)
         details = report.medians(results)
         scores = report.headline(rows, details, results)
         checks = report.targets(scores, details)
@@ -161,12 +161,11 @@ class Run:
         return path
 
     def _one_server(self, name: str, rep: int, group: list[scenarios.Scenario],
-                    rows: list[scenarios.Scenario], sink: Sink | None,
-                    dns: LoopbackDNS | None, results: dict) -> None:
+                    sink: Sink | None, dns: LoopbackDNS | None, results: dict) -> None:
         """Start one server fresh, run ``group`` once, stop it."""
         workdir = self._dir(f"{name}-{rep}-{group[0].key}")
         sink_port = sink.port if sink else 9  # discard port: nothing relays without a sink
-        peer = PEERS[name](workdir, scenarios.users(rows), sink_port, dns.port if dns else 0)
+        peer = PEERS[name](workdir, scenarios.users(group), sink_port, dns.port if dns else 0)
         began = time.monotonic()
         try:
             self.start(peer)
