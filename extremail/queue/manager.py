@@ -110,10 +110,11 @@ class QueueManager:
     # ---- scheduling (callers hold self.cond) ----
     def _wake_time(self, message: QueuedMessage) -> float:
         pending = [r.next_attempt for r in message.recipients if r.status == QUEUED]
-        if not pending:
-            return 0.0  # nothing left but the final report and the removal
-        return schedule.wake_time(pending, message.envelope.arrived, self.cfg.CFG_HOR_RETRY_MAIL,
-                                  self.cfg.CFG_HOR_DELAY_DSN, message.delayed_dsn_sent)
+        wake = 0.0  # nothing pending: only the final report and the removal are left
+        if pending:
+            wake = schedule.wake_time(pending, message.envelope.arrived, self.cfg.CFG_HOR_RETRY_MAIL,
+                                      self.cfg.CFG_HOR_DELAY_DSN, message.delayed_dsn_sent)
+        return max(wake, message.hold_until)
 
     def _schedule(self, message: QueuedMessage) -> None:
         heapq.heappush(self._heap, (self._wake_time(message), next(self._seq), message.id))
@@ -157,10 +158,7 @@ class QueueManager:
                 self._attempt(message)
             except Exception:
                 LOG.exception("queue %s: attempt failed unexpectedly; retrying later", message.id)
-                retry = schedule.next_attempt(self.clock(), self.cfg.CFG_MIN_QUEUE)
-                for r in message.recipients:
-                    if r.status == QUEUED:
-                        r.next_attempt = max(r.next_attempt, retry)
+                message.hold_until = schedule.next_attempt(self.clock(), self.cfg.CFG_MIN_QUEUE)
             finally:
                 self._release(message)
 
@@ -293,8 +291,7 @@ class QueueManager:
             answer = dsn.send(self.ctx, dsn.FAILED, message.envelope, message.read(), failed)
             if answer is not None and answer.is_temporary:
                 LOG.warning("queue %s: failure report not stored (%s); retrying later", message.id, answer)
-                for r in failed:
-                    r.next_attempt = schedule.next_attempt(now, cfg.CFG_MIN_QUEUE)
+                message.hold_until = schedule.next_attempt(now, cfg.CFG_MIN_QUEUE)
                 return
             message.failed_dsn_sent = True
             self.spool.save(message)
@@ -351,6 +348,7 @@ class QueueManager:
         for message, recipients in self._matching(**self._selector(kind, value)):
             self._claim(message)
             try:
+                message.hold_until = 0.0
                 for r in recipients:
                     if r.status == QUEUED:
                         r.next_attempt = 0.0

@@ -34,7 +34,7 @@ import os
 import re
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from .. import log
 from ..envelope import Envelope
@@ -94,7 +94,7 @@ class QueuedMessage:
     recipients: list[Recipient]
     delayed_dsn_sent: bool = False
     failed_dsn_sent: bool = False
-    lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
+    hold_until: float = 0.0  # in memory only: no try before this (after an error of our own)
 
     def read(self) -> bytes:
         """The message as received (CRLF wire form)."""
