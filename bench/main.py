@@ -64,6 +64,7 @@ class Run:
         os.chmod(self.work, 0o755)  # Postfix and Dovecot run parts of themselves unprivileged
         self.running: list[object] = []
         self.skipped: dict[str, str] = {}
+        self.began = time.monotonic()
 
     def start(self, thing):
         self.running.append(thing)
@@ -152,7 +153,8 @@ class Run:
         failures = report.errors(details)
         for failure in failures:
             print(f"bench: FAILED {failure}", file=sys.stderr)
-        print(f"bench: wrote {os.path.join(self.args.results, 'latest.json')}")
+        print(f"bench: wrote {os.path.join(self.args.results, 'latest.json')} "
+              f"after {time.monotonic() - self.began:.0f}s")
         return 1 if failures else 0
 
     def _dir(self, name: str) -> str:
@@ -187,7 +189,10 @@ class Run:
                 results[row.key].setdefault(name, []).append(result)
                 print(f"bench: rep {rep + 1} {name:9} {row.key:4} " + _summary(result), flush=True)
         finally:
+            began = time.monotonic()
             self.stop(peer)
+            print(f"bench: rep {rep + 1} {name:9} stopped in {time.monotonic() - began:.1f}s",
+                  flush=True)
 
 
     def _run_row(self, row: scenarios.Scenario, peer: Peer, sink: Sink | None) -> scenarios.Result:

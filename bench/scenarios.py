@@ -51,7 +51,7 @@ class Scenario:
 # Counts per mode: (a, b, c, d messages per session, e, f single, f per session, h, reps)
 MODES = {
     "full": (2000, 2000, 200, 100, 2000, 2000, 100, 200, 3),
-    "quick": (300, 300, 30, 8, 300, 300, 15, 200, 3),
+    "quick": (200, 300, 20, 8, 300, 200, 10, 200, 3),
     "smoke": (10, 20, 4, 2, 10, 10, 5, 20, 1),
 }
 
