@@ -33,7 +33,7 @@ from collections.abc import Callable
 from . import log
 from .dns import DNSError, MXHost, MXResolver, Route, order_hosts
 from .reply import Reply
-from .store import atomic_write
+from .durable import atomic_write
 
 LOG = log.get("dns")
 NOT_ACTIVE_AFTER = 5  # consecutive delivery rounds in which no MX host greeted us

@@ -12,7 +12,7 @@ from importlib import resources
 
 from . import auth, config
 from .config import Config
-from .store import atomic_write
+from .durable import atomic_write
 
 DEFAULT_LOGIN = "system"
 DSN_TEXTS = (("FILE_DSN_FAIL", "dsn_fail"), ("FILE_DSN_DELA", "dsn_dela"))

@@ -22,7 +22,7 @@ import threading
 import time
 from dataclasses import dataclass
 
-from .store import fsync_directory
+from .durable import fsync_directory, write_new
 
 SUBDIRS = ("tmp", "new", "cur")
 _counter = itertools.count(1)
@@ -114,20 +114,10 @@ class Maildir:
         name = unique_name(len(data), virtual_size(data))
         tmp = os.path.join(self.path, "tmp", name)
         try:
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            write_new(tmp, data)
         except FileNotFoundError:
             self.ensure()
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        try:
-            view = memoryview(data)
-            while view:
-                view = view[os.write(fd, view):]
-            os.fsync(fd)
-        except BaseException:
-            os.close(fd)
-            _unlink_quietly(tmp)
-            raise
-        os.close(fd)
+            write_new(tmp, data)
         final = os.path.join(self.path, "new", name)
         try:
             os.rename(tmp, final)

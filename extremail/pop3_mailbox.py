@@ -25,7 +25,7 @@ from collections.abc import Iterator
 
 from .mailbox import Entry
 from .net.lineio import dot_stuff, to_crlf
-from .store import fsync_directory
+from .durable import fsync_directory
 
 # Large messages are read and sent in pieces of about this size, so a session holds at
 # most one piece (and one line) in memory whatever the message size.

@@ -38,7 +38,7 @@ from dataclasses import dataclass
 
 from .. import log
 from ..envelope import Envelope
-from ..store import atomic_write, fsync_directory
+from ..durable import atomic_write, fsync_directory, write_new
 
 LOG = log.get("spool")
 
@@ -183,18 +183,6 @@ def parse(content: bytes, message_path: str) -> QueuedMessage:
                          failed_dsn_sent=fields_.get("DSN") == "1")
 
 
-def _write_new(path: str, data: bytes) -> None:
-    """Create ``path`` exclusively, write and fsync it."""
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    try:
-        view = memoryview(data)
-        while view:
-            view = view[os.write(fd, view):]
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def _unlink(path: str) -> None:
     try:
         os.unlink(path)
@@ -235,8 +223,8 @@ class Spool:
         env_path = os.path.join(self.env_dir, queue_id)
         renamed: list[str] = []
         try:
-            _write_new(tmp_msg, data)
-            _write_new(tmp_env, render(message))
+            write_new(tmp_msg, data)
+            write_new(tmp_env, render(message))
             os.rename(tmp_msg, message.path)
             renamed.append(message.path)
             fsync_directory(self.msg_dir)
