@@ -227,7 +227,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     if not os.path.exists(conf):
         os.makedirs(os.path.dirname(conf), exist_ok=True)
         lines = [f"{name}={value}" for name, value in DEMO_PORTS.items()]
-        lines += ["CFG_HOSTNAME=localhost", "CFG_LOCALDOMAIN=example.test",
+        lines += ["CFG_BIND=127.0.0.1", "CFG_HOSTNAME=localhost", "CFG_LOCALDOMAIN=example.test",
                   "CFG_POSTMASTER=postmaster@example.test"]
         with open(conf, "w", encoding="utf-8") as handle:
             handle.write(config.render_default_file() + "\n# demo settings\n"
