@@ -30,14 +30,16 @@ def available() -> str | None:
 
 
 class Profiler:
-    """py-spy recording one process (all its threads, idle ones left out) until stopped."""
+    """py-spy recording one process (all its threads, idle ones left out) until stopped,
+    without pausing it to sample (``--nonblocking``): pausing a threaded server holds its
+    locks for the pause and makes lock waits look far larger than they are."""
 
     def __init__(self, pid: int, path: str, rate: int = 200) -> None:
         self.path = path
         binary = PY_SPY if os.path.exists(PY_SPY) else "py-spy"
         self.proc = subprocess.Popen(
             [binary, "record", "--pid", str(pid), "--rate", str(rate), "--format", "raw",
-             "--output", path], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+             "--nonblocking", "--output", path], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
     def stop(self) -> None:
         self.proc.send_signal(signal.SIGINT)  # py-spy writes its output on SIGINT
