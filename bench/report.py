@@ -188,7 +188,9 @@ def write_png(path: str, scores: dict) -> str | None:
         entry = scores[letter]
         names = [name for name in SERVERS if name in entry]
         values = [entry[name] or 0 for name in names]
-        axis.bar(range(len(names)), values, color=[colours[name] for name in names])
+        bars = axis.bar(range(len(names)), values, color=[colours[name] for name in names])
+        axis.bar_label(bars, labels=[f"{value:,.0f}" if value >= 10 else f"{value:.2g}"
+                                     for value in values], fontsize=7)
         axis.set_xticks(range(len(names)), names, rotation=45, ha="right", fontsize=8)
         axis.set_title(f"({letter}) {entry['unit']}", fontsize=10)
         axis.tick_params(axis="y", labelsize=8)
