@@ -17,7 +17,8 @@ from .scenarios import Result, Scenario
 
 SERVERS = ("extremail", "postfix", "aiosmtpd", "dovecot")
 METRICS = (("msg_per_s", "msg/s"), ("MB_per_s", "MB/s"), ("p50_ms", "p50 ms"),
-           ("p99_ms", "p99 ms"), ("memory_MB", "peak MB"), ("cpu_ms_per_msg", "CPU ms/msg"))
+           ("p99_ms", "p99 ms"), ("memory_MB", "peak MB"), ("cpu_ms_per_msg", "CPU ms/msg"),
+           ("client_cpu_ms_per_msg", "loadgen CPU ms/msg"))
 
 # The targets: (scenario letter, figure, peer, factor, "min" or "max" or "abs").
 TARGETS = (

@@ -13,6 +13,7 @@ until every message is there, and the scenario's time runs until then.
 
 from __future__ import annotations
 
+import resource
 import statistics
 import time
 from dataclasses import dataclass
@@ -89,6 +90,7 @@ class Result:
     p99: float | None = None
     memory: int = 0
     cpu: float = 0.0
+    client_cpu: float = 0.0  # the load generator's own CPU seconds, to judge the figures
     error: str | None = None
 
     def figures(self) -> dict[str, float | None]:
@@ -104,6 +106,8 @@ class Result:
             "p99_ms": self.p99 * 1000 if self.p99 is not None else None,
             "memory_MB": self.memory / 1e6,
             "cpu_ms_per_msg": self.cpu / self.messages * 1000 if self.messages else None,
+            "client_cpu_ms_per_msg": (self.client_cpu / self.messages * 1000 if self.messages
+                                      else None),
         }
 
 
@@ -112,6 +116,11 @@ def percentile(values: list[float], fraction: float) -> float | None:
         return None
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, int(fraction * len(ordered)))]
+
+
+def _own_cpu() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
 
 
 def _wait_count(counter, target: int) -> tuple[bool, float]:
@@ -152,7 +161,7 @@ def run_row(row: Scenario, peer: Peer, sink=None) -> Result:
         counter, expected = (lambda: maildirs.count(boxes)), row.messages * row.rcpts
         jobs = _smtp_jobs(row, peer.smtp_port, [peer.address(user) for user in row.users()])
     start = counter() if counter is not None else 0
-    cpu_before = procstat.cpu_seconds(roots)
+    cpu_before, client_before = procstat.cpu_seconds(roots), _own_cpu()
     with procstat.MemorySampler(roots) as sampler:
         session = loadgen.pop3_session if row.kind == "pop3" else loadgen.smtp_session
         tally, began, ended = loadgen.run_sessions(session, jobs)
@@ -161,7 +170,8 @@ def run_row(row: Scenario, peer: Peer, sink=None) -> Result:
             reached, ended = _wait_count(counter, start + expected)
     result = Result(messages=tally.messages, seconds=ended - began, bytes=tally.bytes,
                     p50=percentile(tally.latencies, 0.50), p99=percentile(tally.latencies, 0.99),
-                    memory=sampler.peak, cpu=procstat.cpu_seconds(roots) - cpu_before)
+                    memory=sampler.peak, cpu=procstat.cpu_seconds(roots) - cpu_before,
+                    client_cpu=_own_cpu() - client_before)
     if tally.errors:
         result.error = f"{len(tally.errors)} session(s) failed: {tally.errors[0]}"
     elif tally.messages != row.messages:
