@@ -1,0 +1,1 @@
+"""The benchmark of issue 7: eXtremail beside Postfix, aiosmtpd and Dovecot (``bench/run``)."""
