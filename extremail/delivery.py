@@ -167,6 +167,13 @@ def accept(ctx: Any, envelope: Envelope, data: bytes, footers: bool = True) -> R
             spool_groups.setdefault(id(content), (content, []))[1].append(
                 Recipient(target.address, target.original, target.kind))
     done = 0
+    # The spool first: when it cannot store the message the 452 comes before any mailbox
+    # got a copy (the client's retry would otherwise deliver that copy twice).
+    for content, recipients in spool_groups.values():
+        if not _spool(ctx, envelope, content, recipients):
+            return reply.DISK_FULL
+        done += len(recipients)
+    deferred: dict[int, tuple[bytes, list[Recipient]]] = {}
     for content, group in local_groups.values():
         outcomes = deliver_local(ctx, envelope.sender, content, group)
         for target in group:
@@ -177,18 +184,11 @@ def accept(ctx: Any, envelope: Envelope, data: bytes, footers: bool = True) -> R
                 failed.append(Recipient(target.address, target.original, LOCAL, FAILED,
                                         reply=outcome.reply))
             else:  # the Maildir cannot be written now: the queue will retry
-                spool_groups.setdefault(id(content), (content, []))[1].append(
+                deferred.setdefault(id(content), (content, []))[1].append(
                     Recipient(target.address, target.original, LOCAL))
-    for content, recipients in spool_groups.values():
-        spooled = dataclasses.replace(envelope, recipients=[r.original for r in recipients])
-        try:
-            message = ctx.queue.submit(spooled, content, recipients)
-        except OSError as exc:
-            LOG.error("spool: cannot store a message from <%s> for %d recipient(s): %s",
-                      envelope.sender, len(recipients), exc.strerror or exc)
+    for content, recipients in deferred.values():
+        if not _spool(ctx, envelope, content, recipients):
             return reply.DISK_FULL
-        LOG.info("spool %s from=<%s> to=%s size=%d queued", message.id, envelope.sender,
-                 ",".join(f"<{r.address}>" for r in recipients), len(content))
         done += len(recipients)
     if failed and not done:
         first = failed[0].reply
@@ -200,6 +200,20 @@ def accept(ctx: Any, envelope: Envelope, data: bytes, footers: bool = True) -> R
     if not targets:
         LOG.info("accept: message from <%s> had no destination (empty list)", envelope.sender)
     return reply.QUEUED
+
+
+def _spool(ctx: Any, envelope: Envelope, content: bytes, recipients: list[Recipient]) -> bool:
+    """Commit ``content`` for ``recipients`` to the spool; False (logged) when it cannot."""
+    spooled = dataclasses.replace(envelope, recipients=[r.original for r in recipients])
+    try:
+        message = ctx.queue.submit(spooled, content, recipients)
+    except OSError as exc:
+        LOG.error("spool: cannot store a message from <%s> for %d recipient(s): %s",
+                  envelope.sender, len(recipients), exc.strerror or exc)
+        return False
+    LOG.info("spool %s from=<%s> to=%s size=%d queued", message.id, envelope.sender,
+             ",".join(f"<{r.address}>" for r in recipients), len(content))
+    return True
 
 
 def reply_from_text(text: str) -> Reply:

@@ -113,9 +113,10 @@ def _expand(store: Store, postmaster: str, address: str, original: str, sender: 
         _expand_list(store, mlist.name, mlist.domain, mlist.access, sender, again, out, address,
                      original)
         return
-    if local == "postmaster":
+    if local == "postmaster" and split(postmaster) != (local, domain):
         again(postmaster)
         return
+    # CFG_POSTMASTER itself with no user or alias of that name: the domain's DEFMAILBOX
     defmailbox = store.domains.rows[domain].defmailbox
     if defmailbox:
         again(defmailbox)
