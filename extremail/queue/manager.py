@@ -348,6 +348,8 @@ class QueueManager:
         for message, recipients in self._matching(**self._selector(kind, value)):
             self._claim(message)
             try:
+                if message.id not in self.messages:
+                    continue  # finished meanwhile: saving it would bring its envelope back
                 message.hold_until = 0.0
                 for r in recipients:
                     if r.status == QUEUED:
@@ -369,6 +371,8 @@ class QueueManager:
         for message, recipients in matching:
             self._claim(message)
             try:
+                if message.id not in self.messages:
+                    continue  # finished meanwhile (see resend)
                 for r in recipients:
                     if r.status == QUEUED:
                         r.status, r.reply = FAILED, DELETED_REPLY
