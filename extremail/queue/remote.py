@@ -86,10 +86,15 @@ class RemoteTransport:
             return results
         workers = min(self.cfg.CFG_NUM_DELIVERY, len(groups))
         with ThreadPoolExecutor(workers, thread_name_prefix=f"out-{message.id[-6:]}") as pool:
-            jobs = [pool.submit(self.deliver_domain, message, domain, rcpts, data)
+            jobs = [(rcpts, pool.submit(self.deliver_domain, message, domain, rcpts, data))
                     for domain, rcpts in groups.items()]
-            for job in jobs:
-                results.update(job.result())
+            for rcpts, job in jobs:
+                try:
+                    results.update(job.result())
+                except Exception as exc:  # this domain only: the others keep their outcomes
+                    LOG.exception("delivery %s to %s: internal error", message.id, ",".join(rcpts))
+                    results.update({r: Outcome(DEFERRED, f"451 4.4.0 Transport error: {exc}")
+                                    for r in rcpts})
         return results
 
     def route(self, domain: str) -> Route:

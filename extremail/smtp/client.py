@@ -170,7 +170,7 @@ class Client:
         mail = f"MAIL FROM:<{sender}>"
         if "SIZE" in features:  # RFC 1870 6: refuse before sending what the peer cannot take
             limit = features["SIZE"]
-            if limit.isdigit() and int(limit) and len(data) > int(limit):
+            if limit.isascii() and limit.isdigit() and int(limit) and len(data) > int(limit):
                 raise Refused(Reply(552, "5.3.4", f"message of {len(data)} bytes exceeds the "
                                                   f"{limit}-byte limit of {attempt.host}"))
             mail += f" SIZE={len(data)}"
