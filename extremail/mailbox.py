@@ -65,7 +65,7 @@ def parse_sizes(name: str) -> tuple[int | None, int | None]:
     base = name.split(":", 1)[0]
     for part in base.split(",")[1:]:
         key, _, value = part.partition("=")
-        if value.isdigit():
+        if value.isascii() and value.isdigit():  # "²" is a digit to str.isdigit, not to int
             if key == "S":
                 size = int(value)
             elif key == "W":

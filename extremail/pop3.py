@@ -172,7 +172,7 @@ class POP3Session(Session):
             raise Refusal(IN_USE)
         try:
             self.drop = Maildrop(Maildir(path).scan())
-        except OSError as exc:
+        except Exception as exc:  # whatever went wrong, the lock must not outlive the attempt
             LOCKS.release(path)
             self.log.error("%s: cannot read the mailbox of %s: %s", self.describe(),
                            user.address, exc)
