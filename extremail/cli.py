@@ -40,6 +40,17 @@ def _process_alive(pid: int) -> bool:
         return True
 
 
+def _is_ours(pid: int) -> bool:
+    """False when ``pid`` is some other program (a PID reused after ``kill -9``); True when
+    it runs eXtremail or when that cannot be told."""
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as handle:
+            command = handle.read().lower()
+    except OSError:
+        return True
+    return b"extremail" in command or b"smtpd" in command
+
+
 def running_pid(cfg: Config) -> int | None:
     """The PID of a running server, or None; a stale PID file is removed."""
     try:
@@ -49,7 +60,7 @@ def running_pid(cfg: Config) -> int | None:
         return None
     except (OSError, ValueError):
         pid = 0
-    if pid > 0 and pid != os.getpid() and _process_alive(pid):
+    if pid > 0 and pid != os.getpid() and _process_alive(pid) and _is_ours(pid):
         return pid
     try:
         os.unlink(cfg.FILE_PID)
