@@ -109,6 +109,11 @@ class Server:
         cfg = self.cfg
         for problem in self.store.load():
             LOG.error("%s", problem)
+        postmaster_domain = cfg.postmaster.rpartition("@")[2].lower()
+        if not self.store.is_local_domain(postmaster_domain):
+            LOG.warning("CFG_POSTMASTER=%s is not in a local domain: mail to postmaster is relayed "
+                        "there; add the domain %s or set CFG_POSTMASTER", cfg.postmaster,
+                        postmaster_domain)
         if cfg.CFG_ANTI_RELY == 0:
             LOG.warning("CFG_ANTI_RELY=0: this server is an OPEN RELAY; anyone can send mail "
                         "through it to anywhere")

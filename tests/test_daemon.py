@@ -182,3 +182,15 @@ def test_daily_log_file_and_log_level(make_server) -> None:
     quiet.admin().cmd("LOGIN wrong")
     quiet.stop()
     assert " INFO " not in quiet.log_text() and " WARNING " not in quiet.log_text()
+
+
+def test_postmaster_outside_the_local_domains_is_warned_at_start(make_server) -> None:
+    """The shipped default (Postmaster@localdomain, no such domain) would send postmaster
+    mail away; the administrator is told at every start until it is fixed."""
+    server = make_server(CFG_POSTMASTER="postmaster@elsewhere.test")
+    wait_until(lambda: "CFG_POSTMASTER=postmaster@elsewhere.test is not in a local domain"
+               in server.log_text(), 10, "the postmaster warning")
+    server.setup_mail({"elsewhere.test": {}})
+    server.restart()
+    wait_until(lambda: server.log_text().count("listening for remt") == 2, 10, "the second start")
+    assert server.log_text().count("is not in a local domain") == 1

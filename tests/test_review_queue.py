@@ -39,3 +39,17 @@ def test_management_command_leaves_a_message_finished_meanwhile_alone(manager, c
     manager._matching = lambda **selector: picked  # what the command had picked before
     assert getattr(manager, command)() == 0
     assert not os.path.exists(env) and os.listdir(manager.spool.env_dir) == []
+
+
+def test_recipient_removed_between_routing_and_delivery_is_deferred(manager) -> None:
+    """USER DEL / ALIAS DEL racing a delivery: the attempt defers those recipients (they are
+    routed again next time) instead of raising and losing the attempt's other outcomes."""
+    manager.ctx.store = SimpleNamespace(users=SimpleNamespace(rows={}), aliases=SimpleNamespace(rows={}))
+    message = manager.submit(Envelope("a@x.test", ["gone@local.test", "pipe@local.test"]),
+                             b"Subject: s\r\n\r\nbody\r\n",
+                             [Recipient("gone@local.test", "gone@local.test", "local"),
+                              Recipient("pipe@local.test", "pipe@local.test", "pipe")])
+    outcomes = manager._deliver(message, message.read(), message.recipients)
+    assert {a: o.status for a, o in outcomes.items()} == {"gone@local.test": "deferred",
+                                                          "pipe@local.test": "deferred"}
+    assert all(o.reply.startswith("451 4.3.0") for o in outcomes.values())

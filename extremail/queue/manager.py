@@ -52,6 +52,9 @@ def _date(when: float) -> str:
     return time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(when)) if when else "-"
 
 
+CHANGED_MEANWHILE = "451 4.3.0 Recipient changed during delivery; routed again at the next attempt"
+
+
 class QueueManager:
     """The spool, the in-memory index of queued messages, and the delivery threads."""
 
@@ -236,14 +239,20 @@ class QueueManager:
                  due: list[Recipient]) -> dict[str, Outcome]:
         sender = message.envelope.sender
         outcomes: dict[str, Outcome] = {}
-        local = [r for r in due if r.kind == LOCAL]
-        if local:
-            store = self.ctx.store
-            targets = [Target(LOCAL, r.address, r.original, user=store.users.rows[routing.split(r.address)])
-                       for r in local]
+        users, aliases = self.ctx.store.users.rows, self.ctx.store.aliases.rows
+        targets = []
+        for r in due:
+            # The store may change between routing and here (USER DEL, ALIAS DEL): such a
+            # recipient is simply routed again at its next attempt.
+            record = (users if r.kind == LOCAL else aliases).get(routing.split(r.address))
+            if r.kind in (LOCAL, PIPE) and record is None:
+                outcomes[r.address] = Outcome("deferred", CHANGED_MEANWHILE)
+            elif r.kind == LOCAL:
+                targets.append(Target(LOCAL, r.address, r.original, user=record))
+        if targets:
             outcomes.update(delivery.deliver_local(self.ctx, sender, data, targets, message.id))
-        for r in (r for r in due if r.kind == PIPE):
-            alias = self.ctx.store.aliases.rows[routing.split(r.address)]
+        for r in (r for r in due if r.kind == PIPE and r.address not in outcomes):
+            alias = aliases[routing.split(r.address)]
             started = time.monotonic()
             outcome = pipe.run(alias.pipe, to_lf(delivery.trace_headers(sender, r.address) + data),
                                sender, r.address)
