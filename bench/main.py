@@ -17,6 +17,7 @@ import atexit
 import os
 import shutil
 import signal
+import subprocess
 import sys
 import tempfile
 import time
@@ -143,7 +144,7 @@ class Run:
         os.makedirs(self.args.results, exist_ok=True)
         run_info = {"mode": self.args.mode, "repetitions": reps, "servers": servers,
                     "skipped": self.skipped, "cores": os.cpu_count(),
-                    "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+                    "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "commit": _commit(),
                     "rows": {row.key: row.title for row in rows}}
         report.write_json(os.path.join(self.args.results, "latest.json"), scores, details,
                           checks, limits, run_info)
@@ -206,6 +207,18 @@ class Run:
         finally:
             profiler.stop()
             print("\n".join(f"  {line}" for line in profile.summary(path)))
+
+
+def _commit() -> str:
+    """The code measured: the git commit, marked when the work tree had changes."""
+    try:
+        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=HERE, text=True,
+                              capture_output=True, timeout=30).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--", "extremail"], cwd=os.path.dirname(HERE),
+                               text=True, capture_output=True, timeout=30).stdout.strip()
+    except OSError:
+        return "unknown"
+    return f"{head}+changes" if dirty else head
 
 
 def _summary(result: scenarios.Result) -> str:
