@@ -212,10 +212,10 @@ class Run:
 def _commit() -> str:
     """The code measured: the git commit, marked when the work tree had changes."""
     try:
-        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=HERE, text=True,
-                              capture_output=True, timeout=30).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--", "extremail"], cwd=os.path.dirname(HERE),
-                               text=True, capture_output=True, timeout=30).stdout.strip()
+        def git(*argv: str) -> str:
+            return subprocess.run(["git", *argv], cwd=os.path.dirname(HERE), text=True,
+                                  capture_output=True, timeout=30).stdout.strip()
+        head, dirty = git("rev-parse", "--short", "HEAD"), git("status", "--porcelain", "extremail")
     except OSError:
         return "unknown"
     return f"{head}+changes" if dirty else head
