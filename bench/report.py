@@ -201,3 +201,35 @@ def write_png(path: str, scores: dict) -> str | None:
     fig.savefig(path, dpi=100)
     plt.close(fig)
     return None
+
+
+def markdown(document: dict) -> str:
+    """The README's table of a ``latest.json``: headline medians, ratios and targets."""
+    rows = document["run"]["rows"]
+    lines = ["| scenario | unit | eXtremail | Postfix | aiosmtpd | Dovecot | eXtremail/peer |",
+             "| --- | --- | ---: | ---: | ---: | ---: | --- |"]
+    for letter, entry in document.items():
+        if len(letter) != 1:
+            continue
+        titles = "; ".join(title for key, title in rows.items() if key.startswith(letter))
+        ours = entry.get("extremail")
+        ratios = ", ".join(f"{ours / entry[peer]:.2f}x {peer}" for peer in SERVERS[1:]
+                           if entry.get(peer) and ours)
+        cells = [_cell(entry.get(name)) if name in entry else "" for name in SERVERS]
+        lines.append(f"| ({letter}) {titles} | {entry['unit']} | " + " | ".join(cells)
+                     + f" | {ratios} |")
+    lines += ["", "| target | eXtremail | bound | met |", "| --- | ---: | ---: | --- |"]
+    for check in document["targets"]:
+        verdict = {True: "yes", False: "**no**", None: "not measured"}[check["met"]]
+        lines.append(f"| {check['target']} | {_cell(check['extremail'])} | "
+                     f"{_cell(check['bound'])} | {verdict} |")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    import sys
+
+    with open(sys.argv[1] if len(sys.argv) > 1 else
+              os.path.join(os.path.dirname(os.path.abspath(__file__)), "results",
+                           "latest.json")) as handle:
+        print(markdown(json.load(handle)))
