@@ -60,15 +60,15 @@ MODES = {
 def plan(mode: str) -> tuple[list[Scenario], int]:
     """The rows of a run in ``mode`` and its number of repetitions."""
     a, b, c, d, e, f1, f20, h, reps = MODES[mode]
-    wide = 4 if mode == "smoke" else 20
+    wide, fan = (4, 3) if mode == "smoke" else (20, 10)  # sessions; recipients in (d)
     rows = [
         Scenario("h", "h", "idle", 1, h, title=f"{h} idle SMTP connections"),
         Scenario("a", "a", "smtp", 1, a, title=f"1 session, {a} x 2 KB"),
         Scenario("b", "b", "smtp", wide, b, title=f"{wide} sessions, {b} x 2 KB"),
         Scenario("c", "c", "smtp", min(10, c), c, size=1024 * KB,
                  title=f"{min(10, c)} sessions, {c} x 1 MB"),
-        Scenario("d", "d", "smtp", wide, wide * d, rcpts=10 if mode != "smoke" else 3,
-                 title=f"{wide} sessions x {d}, {10 if mode != 'smoke' else 3} recipients"),
+        Scenario("d", "d", "smtp", wide, wide * d, rcpts=fan,
+                 title=f"{wide} sessions x {d}, {fan} recipients"),
         Scenario("e", "e", "relay", wide, e, title=f"{wide} sessions, {e} relayed to the sink"),
         Scenario("f1", "f", "pop3", 1, f1, title=f"POP3 1 session, {f1} RETR"),
         Scenario("f20", "f", "pop3", wide, wide * f20, title=f"POP3 {wide} sessions x {f20} RETR"),
