@@ -83,18 +83,21 @@ def _serve(cfg: Config, foreground: bool, report) -> int:
     """Bind, report, serve until stopped.  ``report(ok, text)`` tells the starter."""
     from .control import Server, StartError
     log.setup(cfg.DIR_LOG, cfg.CFG_LOG_LEVEL, to_stderr=foreground)
-    server = Server(cfg)
     try:
-        server.bind()
-    except StartError as exc:
-        log.get("control").error("%s", exc)
-        report(False, str(exc))
-        return 1
-    server.install_signals()
-    server.start()
-    report(True, f"eXtremail {VERSION} started (pid {os.getpid()})")
-    server.serve()
-    return 0
+        server = Server(cfg)
+        try:
+            server.bind()
+        except StartError as exc:
+            log.get("control").error("%s", exc)
+            report(False, str(exc))
+            return 1
+        server.install_signals()
+        server.start()
+        report(True, f"eXtremail {VERSION} started (pid {os.getpid()})")
+        server.serve()
+        return 0
+    finally:
+        log.shutdown()  # the daemon leaves with os._exit: no atexit handlers run
 
 
 def cmd_start(args: argparse.Namespace) -> int:

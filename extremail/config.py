@@ -247,7 +247,12 @@ class Config:
 
     @property
     def hostname(self) -> str:
-        return self.CFG_HOSTNAME or socket.getfqdn().lower() or "localhost"
+        """CFG_HOSTNAME, or the machine's FQDN, looked up once (it may cost a DNS query)."""
+        cached = self.__dict__.get("_hostname")
+        if cached is None:
+            cached = self.CFG_HOSTNAME or socket.getfqdn().lower() or "localhost"
+            object.__setattr__(self, "_hostname", cached)
+        return cached
 
     @property
     def postmaster(self) -> str:

@@ -7,14 +7,22 @@ Levels: 0 nothing, 1 errors, 2 warnings, 3 one line per session event and per de
 
 from __future__ import annotations
 
+import atexit
 import logging
+import queue
 import os
 import re
 import sys
 import threading
 import time
+from logging.handlers import QueueHandler, QueueListener
 
 DETAIL = 15
+# The format uses neither source locations nor process names: skip collecting them for
+# every record (findCaller walks the stack).
+logging._srcfile = None
+logging.logProcesses = False
+logging.logMultiprocessing = False
 logging.addLevelName(DETAIL, "DETAIL")
 LEVELS = {0: logging.CRITICAL + 10, 1: logging.ERROR, 2: logging.WARNING, 3: logging.INFO,
           4: DETAIL, 5: logging.DEBUG}
@@ -79,8 +87,26 @@ class _UTCFormatter(logging.Formatter):
 FORMAT = "%(asctime)s %(levelname)s [%(threadName)s] %(message)s"
 
 
+class _WriterQueueHandler(QueueHandler):
+    """Hands each record to the one writer thread: sessions pay for building the message
+    text only; time stamps, formatting, the handlers' lock and the file write happen there."""
+
+    def prepare(self, record: logging.LogRecord) -> logging.LogRecord:
+        record.msg = record.getMessage()  # the arguments may change after this call returns
+        record.args = None
+        if record.exc_info:
+            record.exc_text = logging.Formatter().formatException(record.exc_info)
+            record.exc_info = None
+        return record
+
+
+_listener: QueueListener | None = None
+
+
 def setup(directory: str, level: int, to_stderr: bool = False) -> logging.Logger:
-    """Configure the ``extremail`` logger; returns it."""
+    """Configure the ``extremail`` logger (a writer thread behind a queue); returns it."""
+    global _listener
+    shutdown()
     logger = logging.getLogger(LOGGER_NAME)
     for handler in list(logger.handlers):
         logger.removeHandler(handler)
@@ -91,11 +117,27 @@ def setup(directory: str, level: int, to_stderr: bool = False) -> logging.Logger
         handlers.append(logging.StreamHandler(sys.stderr))
     for handler in handlers:
         handler.setFormatter(formatter)
-        logger.addHandler(handler)
+    records: queue.SimpleQueue[logging.LogRecord] = queue.SimpleQueue()
+    logger.addHandler(_WriterQueueHandler(records))
+    _listener = QueueListener(records, *handlers)
+    _listener.start()
     logger.setLevel(LEVELS[level])
     logger.propagate = False
     return logger
 
 
+def shutdown() -> None:
+    """Write what is queued and stop the writer thread (at the end of the process)."""
+    global _listener
+    if _listener is not None:
+        _listener.stop()
+        for handler in _listener.handlers:
+            handler.close()
+        _listener = None
+
+
 def get(name: str = "") -> logging.Logger:
     return logging.getLogger(f"{LOGGER_NAME}.{name}" if name else LOGGER_NAME)
+
+
+atexit.register(shutdown)

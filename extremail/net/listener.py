@@ -130,6 +130,9 @@ class Listener(threading.Thread):
 
     def _serve(self, conn: socket.socket, peer: tuple[str, int]) -> None:
         try:
+            # Replies are written whole (or batched for pipelining): Nagle would only hold a
+            # reply's last segment back until the client's delayed ACK (~40 ms).
+            conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             self.factory(self.ctx, conn, peer).run()
         except Exception:
             LOG.exception("%s: session with %s ended by an internal error", self.label, peer[0])

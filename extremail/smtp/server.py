@@ -53,6 +53,18 @@ _NOT_IN_RECEIVED = re.compile(r"[^A-Za-z0-9._:\[\]-]")  # keeps a HELO from forg
 _ids = itertools.count(1)
 
 
+_date_cache: tuple[int, str] = (0, "")
+
+
+def _rfc5322_now() -> str:
+    """The current date for Received: (RFC 5322 3.3), formatted once per second."""
+    global _date_cache
+    now = int(time.time())
+    if _date_cache[0] != now:
+        _date_cache = (now, format_datetime(datetime.fromtimestamp(now, UTC)))
+    return _date_cache[1]
+
+
 def transaction_id() -> str:
     """A short id naming one transaction in Received: and in the log."""
     return f"{time.time_ns() // 1000:X}{next(_ids) % 0x10000:04X}"
@@ -283,7 +295,7 @@ class SMTPSession(Session):
         literal = f"IPv6:{self.peer_ip}" if ":" in self.peer_ip else self.peer_ip
         protocol = ("ESMTP" if self.esmtp else "SMTP") + ("A" if self.authenticated else "")
         recipient = f"\r\n\tfor <{self.rcpts[0]}>" if len(self.rcpts) == 1 else ""
-        date = format_datetime(datetime.now(UTC))
+        date = _rfc5322_now()
         helo = _NOT_IN_RECEIVED.sub("_", self.helo)
         return (f"Received: from {helo} ([{literal}])\r\n"
                 f"\tby {self.cfg.hostname} (eXtremail {VERSION}) with {protocol} id {ident}"
