@@ -170,6 +170,19 @@ def test_retr_of_empty_and_newline_terminated_messages(tmp_path):
     assert _wire(tmp_path, b"a\n", 1) == b"a\r\n.\r\n"
 
 
+def test_retr_chunks_carry_the_end_mark_in_the_last_piece(tmp_path):
+    """One write per RETR: a lone ``.`` segment would wait for the client's delayed ACK."""
+    path = tmp_path / "msg"
+    path.write_bytes(b"Subject: x\n\nbody\n")
+    assert list(retr_chunks(str(path))) == [b"Subject: x\r\n\r\nbody\r\n.\r\n"]
+    pop3_mailbox.CHUNK = 8
+    try:
+        pieces = list(retr_chunks(str(path)))
+    finally:
+        pop3_mailbox.CHUNK = 1 << 20
+    assert len(pieces) > 1 and pieces[-1] != b".\r\n" and pieces[-1].endswith(b"\r\n.\r\n")
+
+
 def test_top_text(tmp_path):
     path = tmp_path / "msg"
     path.write_bytes(b"A: 1\nB: 2\n\n.one\ntwo\nthree\n")
