@@ -2,11 +2,20 @@
 
 Passwords are stored as ``$scrypt$N$r$p$salt$hash`` (base64 fields) and never in clear;
 this module is the only place that sees a clear password, and it never logs one.
+
+Memory: one scrypt derivation takes 128 * r * N bytes (16 MB here), so at most
+:data:`MAX_DERIVATIONS` run at once; twenty simultaneous POP3 logins otherwise held
+320 MB, which the allocator keeps afterwards.  The others wait their turn, a known
+user, an unknown one and a wrong password alike, so the wait tells nothing.  And glibc
+is told to map blocks that large on their own and unmap them when freed
+(:func:`_unmap_large_blocks`): by default it keeps them in the arena of every thread
+that ever checked a password.
 """
 
 from __future__ import annotations
 
 import base64
+import ctypes
 import hashlib
 import hmac
 import os
@@ -15,6 +24,33 @@ import time
 
 SCRYPT_N, SCRYPT_R, SCRYPT_P = 2 ** 14, 8, 1
 _DUMMY_SALT = b"eXtremail-dummy!"
+# Derivations at once: two per core of the 2-core target keeps the CPUs busy; more only
+# adds memory (16 MB each), not logins per second.
+MAX_DERIVATIONS = 4
+_derivations = threading.BoundedSemaphore(MAX_DERIVATIONS)
+# glibc mallopt(3) parameters and the values its dynamic mmap threshold would settle on
+# after one 16 MB block, fixed below it so scrypt's blocks always go back to the system.
+M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3
+MMAP_THRESHOLD = 8 << 20
+
+
+def _unmap_large_blocks() -> None:
+    """Blocks of :data:`MMAP_THRESHOLD` bytes or more are mapped and unmapped each time.
+
+    glibc's default threshold rises to the largest block freed, so after the first login
+    every 16 MB scrypt buffer comes from, and stays in, the calling thread's arena:
+    twenty sessions that logged in once kept 300 MB.  Setting the threshold fixes it (and
+    the trim threshold, which it would otherwise leave at 128 KB).
+    """
+    try:
+        libc = ctypes.CDLL(None)
+        libc.mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD)
+        libc.mallopt(M_TRIM_THRESHOLD, 2 * MMAP_THRESHOLD)
+    except (OSError, AttributeError):
+        pass  # not glibc: its allocator follows its own policy
+
+
+_unmap_large_blocks()
 
 
 def _b64(data: bytes) -> str:
@@ -22,8 +58,10 @@ def _b64(data: bytes) -> str:
 
 
 def _derive(password: str, salt: bytes, n: int, r: int, p: int) -> bytes:
-    return hashlib.scrypt(password.encode("utf-8"), salt=salt, n=n, r=r, p=p,
-                          maxmem=128 * r * n * 2, dklen=32)
+    """The scrypt key, once one of the :data:`MAX_DERIVATIONS` slots is free."""
+    with _derivations:
+        return hashlib.scrypt(password.encode("utf-8"), salt=salt, n=n, r=r, p=p,
+                              maxmem=128 * r * n * 2, dklen=32)
 
 
 def hash_password(password: str) -> str:

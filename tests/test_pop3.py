@@ -8,6 +8,7 @@ import os
 import poplib
 import smtplib
 import socket
+import threading
 import time
 
 import pytest
@@ -227,6 +228,32 @@ def test_repeated_failures_from_one_ip_are_slowed_down(server):
     wire.cmd("USER mick@acme.test")
     assert wire.cmd("PASS secret").startswith("+OK")
     wire.close()
+
+
+def test_twenty_simultaneous_logins_keep_the_server_small(server):
+    """scrypt takes 16 MB a login: without a bound (and with glibc keeping each thread's
+    block) twenty logins at once took the server to 370 MB."""
+    users = {f"u{n}": "pw" for n in range(20)}
+    server.setup_mail({"many.test": users})
+    barrier = threading.Barrier(len(users))
+    answers: list[bytes] = []
+
+    def log_in(name: str) -> None:
+        client = poplib.POP3("127.0.0.1", server.pop3_port, timeout=60)
+        barrier.wait(30)
+        client.user(f"{name}@many.test")
+        answers.append(client.pass_("pw"))
+        client.quit()
+
+    threads = [threading.Thread(target=log_in, args=(name,)) for name in users]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert len(answers) == len(users) and all(a.startswith(b"+OK") for a in answers)
+    with open(f"/proc/{server.proc.pid}/status") as handle:
+        status = dict(line.split(":", 1) for line in handle)
+    assert int(status["VmHWM"].split()[0]) < 160 * 1024, status["VmHWM"]  # kB; was 370 MB
 
 
 def test_three_failures_end_the_session(server):

@@ -4,8 +4,10 @@ snapshot and its UPDATE, and the wire form of stored messages."""
 from __future__ import annotations
 
 import base64
+import hashlib
 import os
 import threading
+import time
 from types import SimpleNamespace
 
 import pytest
@@ -64,6 +66,37 @@ def test_authenticate_needs_a_user_with_that_password():
 def test_clear_text_passwords_survive_undecodable_bytes():
     assert login.clear_text("p\udcffw") == "p\ufffdw"
     assert auth.verify_password(login.clear_text("p\udcffw"), None) is False
+
+
+def test_at_most_a_few_password_checks_run_at_once(monkeypatch):
+    """Each scrypt takes 16 MB: twenty logins at once must not take twenty of them."""
+    stored = auth.hash_password("pw")
+    active, peak, guard = [0], [0], threading.Lock()
+    real = hashlib.scrypt
+
+    def counting(*args, **kwargs):
+        with guard:
+            active[0] += 1
+            peak[0] = max(peak[0], active[0])
+        try:
+            time.sleep(0.02)  # long enough for the other threads to pile up
+            return real(*args, **kwargs)
+        finally:
+            with guard:
+                active[0] -= 1
+
+    monkeypatch.setattr(auth.hashlib, "scrypt", counting)
+    results: list[bool] = []
+    checks = [threading.Thread(target=lambda i=i: results.append(
+        auth.verify_password("pw" if i % 2 else "bad", None if i % 3 == 0 else stored)))
+        for i in range(3 * auth.MAX_DERIVATIONS)]
+    for thread in checks:
+        thread.start()
+    for thread in checks:
+        thread.join()
+    assert peak[0] == auth.MAX_DERIVATIONS
+    assert results.count(True) == len([i for i in range(3 * auth.MAX_DERIVATIONS)
+                                       if i % 2 and i % 3])
 
 
 def _b64(data: bytes) -> str:
