@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import base64
 import binascii
-import socket
 from typing import Any
 
 from . import VERSION, log, login, reply
@@ -91,13 +90,6 @@ class POP3Session(Session):
 
     def greet(self) -> bool:
         self.ctx.stats.incr("pop3")
-        # Every answer is one write (a long message: few large ones, the end mark in the
-        # last), so Nagle only delays the tail of a long RETR behind the client's
-        # delayed ACK; nothing is gained by holding it back.
-        try:
-            self.io.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        except OSError:
-            pass  # not TCP (a socket pair in unit tests)
         self.send(_ok(f"{self.cfg.hostname} eXtremail POP3 server ready"))
         return True
 
