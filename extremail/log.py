@@ -15,7 +15,9 @@ import re
 import sys
 import threading
 import time
-from logging.handlers import QueueHandler, QueueListener
+import traceback
+from logging.handlers import QueueHandler
+from typing import Any, TextIO
 
 DETAIL = 15
 # The format uses neither source locations nor process names: skip collecting them for
@@ -40,56 +42,78 @@ def redact(line: bytes) -> str:
     return line.decode("utf-8", "replace").rstrip("\r\n")
 
 
-class DailyFileHandler(logging.Handler):
-    """Writes to ``DIR_LOG/eXtremail-YYYYMMDD.log``, opening a new file when the day changes."""
+class DailyLog(threading.Thread):
+    """The one writer of ``DIR_LOG/eXtremail-YYYYMMDD.log`` (a new file each UTC day), and of
+    stderr in the foreground.  Sessions only queue records; this thread formats them (the
+    time stamp once a second) and writes whatever has queued up with one flush."""
 
-    def __init__(self, directory: str) -> None:
-        super().__init__()
+    _STOP = object()
+
+    def __init__(self, directory: str, echo: TextIO | None = None) -> None:
+        super().__init__(name="log-writer", daemon=True)
         self.directory = directory
+        self.echo = echo
+        self.records: queue.SimpleQueue[Any] = queue.SimpleQueue()
         self._day = ""
-        self._stream = None
-        self._lock = threading.Lock()
+        self._second = -1
+        self._stamp = ""
+        self._stream: TextIO | None = None
 
-    def _file_for(self, day: str) -> str:
+    def path_for(self, day: str) -> str:
         return os.path.join(self.directory, f"eXtremail-{day}.log")
 
-    def current_path(self) -> str:
-        return self._file_for(time.strftime("%Y%m%d", time.gmtime()))
+    def run(self) -> None:
+        while True:
+            batch = [self.records.get()]
+            try:
+                while len(batch) < 1000:
+                    batch.append(self.records.get_nowait())
+            except queue.Empty:
+                pass
+            stop = batch[-1] is self._STOP
+            try:
+                self._write([r for r in batch if r is not self._STOP])
+            except Exception:  # logging must never take the server down
+                traceback.print_exc(file=sys.stderr)
+            if stop:
+                if self._stream is not None:
+                    self._stream.close()
+                return
 
-    def emit(self, record: logging.LogRecord) -> None:
-        try:
-            text = self.format(record) + "\n"
-            day = time.strftime("%Y%m%d", time.gmtime(record.created))
-            with self._lock:
-                if day != self._day or self._stream is None:
-                    if self._stream is not None:
-                        self._stream.close()
-                    os.makedirs(self.directory, exist_ok=True)
-                    self._stream = open(self._file_for(day), "a", encoding="utf-8")  # noqa: SIM115 (kept open)
-                    self._day = day
-                self._stream.write(text)
-                self._stream.flush()
-        except Exception:  # logging must never take the server down
-            self.handleError(record)
+    def _line(self, record: logging.LogRecord) -> str:
+        second = int(record.created)
+        if second != self._second:
+            self._second = second
+            self._stamp = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(second))
+        line = f"{self._stamp} {record.levelname} [{record.threadName}] {record.getMessage()}\n"
+        if record.exc_text:
+            line += record.exc_text + "\n"
+        return line
 
-    def close(self) -> None:
-        with self._lock:
+    def _write(self, records: list[logging.LogRecord]) -> None:
+        text = "".join(self._line(record) for record in records)
+        if not text:
+            return
+        day = self._stamp[:10].replace("-", "")
+        if day != self._day or self._stream is None:
             if self._stream is not None:
                 self._stream.close()
-                self._stream = None
-        super().close()
+            os.makedirs(self.directory, exist_ok=True)
+            self._stream = open(self.path_for(day), "a", encoding="utf-8")  # noqa: SIM115 (kept open)
+            self._day = day
+        self._stream.write(text)
+        self._stream.flush()
+        if self.echo is not None:
+            self.echo.write(text)
+            self.echo.flush()
 
-
-class _UTCFormatter(logging.Formatter):
-    converter = time.gmtime
-
-
-FORMAT = "%(asctime)s %(levelname)s [%(threadName)s] %(message)s"
+    def stop(self) -> None:
+        self.records.put(self._STOP)
+        self.join(10)
 
 
 class _WriterQueueHandler(QueueHandler):
-    """Hands each record to the one writer thread: sessions pay for building the message
-    text only; time stamps, formatting, the handlers' lock and the file write happen there."""
+    """Hands each record to the writer thread: a session pays only for its message text."""
 
     def prepare(self, record: logging.LogRecord) -> logging.LogRecord:
         record.msg = record.getMessage()  # the arguments may change after this call returns
@@ -100,27 +124,20 @@ class _WriterQueueHandler(QueueHandler):
         return record
 
 
-_listener: QueueListener | None = None
+_writer: DailyLog | None = None
 
 
 def setup(directory: str, level: int, to_stderr: bool = False) -> logging.Logger:
-    """Configure the ``extremail`` logger (a writer thread behind a queue); returns it."""
-    global _listener
+    """Configure the ``extremail`` logger (records go to the writer thread); returns it."""
+    global _writer
     shutdown()
     logger = logging.getLogger(LOGGER_NAME)
     for handler in list(logger.handlers):
         logger.removeHandler(handler)
         handler.close()
-    formatter = _UTCFormatter(FORMAT, "%Y-%m-%d %H:%M:%S")
-    handlers: list[logging.Handler] = [DailyFileHandler(directory)]
-    if to_stderr:
-        handlers.append(logging.StreamHandler(sys.stderr))
-    for handler in handlers:
-        handler.setFormatter(formatter)
-    records: queue.SimpleQueue[logging.LogRecord] = queue.SimpleQueue()
-    logger.addHandler(_WriterQueueHandler(records))
-    _listener = QueueListener(records, *handlers)
-    _listener.start()
+    _writer = DailyLog(directory, sys.stderr if to_stderr else None)
+    _writer.start()
+    logger.addHandler(_WriterQueueHandler(_writer.records))
     logger.setLevel(LEVELS[level])
     logger.propagate = False
     return logger
@@ -128,12 +145,10 @@ def setup(directory: str, level: int, to_stderr: bool = False) -> logging.Logger
 
 def shutdown() -> None:
     """Write what is queued and stop the writer thread (at the end of the process)."""
-    global _listener
-    if _listener is not None:
-        _listener.stop()
-        for handler in _listener.handlers:
-            handler.close()
-        _listener = None
+    global _writer
+    if _writer is not None:
+        _writer.stop()
+        _writer = None
 
 
 def get(name: str = "") -> logging.Logger:
