@@ -7,7 +7,8 @@ thread sleeps until the earliest retry, expiry or delayed-DSN time (at most
 
 An attempt (STYLE.md habit 6): the due recipients are re-routed with the current data
 (a local user may have gone, a domain may have become local), the attempt and the next
-retry time are recorded in the envelope *before* delivery, then each recipient goes
+retry time are recorded in the envelope *before* delivery (except on a first attempt,
+below), then each recipient goes
 LOCAL -> Maildir (:func:`extremail.delivery.deliver_local`), PIPE -> :mod:`extremail.pipe`,
 REMOTE -> ``ctx.transport.deliver(message, recipients) -> {address: Outcome}`` (which
 groups them by domain, up to CFG_NUM_DELIVERY at once).  Without a transport, remote
@@ -15,6 +16,19 @@ recipients wait (logged once).  A recipient marked delivered is never sent again
 nobody classified is temporary.  The transport need not send DSNs: this module sends one
 "failed" report when every recipient is final, and one "delayed" report after
 CFG_HOR_DELAY_DSN hours (:mod:`extremail.queue.schedule`), then removes the spool files.
+
+Envelope writes (two fsyncs each) are skipped where a crash would end the same way:
+
+* *Before the first attempt* of recipients still at ``attempts 0``: the envelope the
+  commit wrote already says "never tried, due now", which is what recovery needs to try
+  them again at once after a crash, as it does for a recorded attempt without a reply
+  (interrupted).  Only the attempt counter of a crashed first attempt is lost; a message
+  that crashes the server is retried at once either way.  Later attempts are recorded
+  first, as the habit says.
+* *After an attempt that made every recipient final* with nothing to report: the files
+  are removed instead of being rewritten first; a crash before the removal delivers the
+  message again (allowed: "exactly once or more"), never loses it.  A failure report is
+  still recorded as sent before the removal, so a crash does not send it twice.
 
 Management (QUEUE SHOW / RESEND / DEL, through :mod:`extremail.remote.commands`):
 :meth:`QueueManager.show`, :meth:`resend`, :meth:`delete` take the command's selector
@@ -185,19 +199,23 @@ class QueueManager:
                 LOG.info("queue %s: %d remote recipient(s) waiting for outbound delivery",
                          message.id, len(waiting))
             due = [r for r in due if r.kind != REMOTE]
+        # A first attempt is on record already: the commit wrote "attempts 0, due now".
+        first = bool(due) and all(r.attempts == 0 for r in due)
         for r in due:  # STYLE.md habit 6: the attempt is on record before it is made
             r.attempts += 1
             r.last_attempt = now
             r.next_attempt = schedule.next_attempt(now, cfg.CFG_MIN_QUEUE)
             r.reply = ""  # no result yet: an attempt cut short by a crash is retried at start
-        self.spool.save(message)
+        if not first:
+            self.spool.save(message)
         if due:
             data = message.read()
             outcomes = self._deliver(message, data, due)
             for r in due:
                 self._apply(message, r, outcomes.get(r.address)
                             or Outcome("deferred", "451 4.4.0 No result from the transport"))
-            self.spool.save(message)
+            if not message.done:  # a finished message is removed by _reports instead
+                self.spool.save(message)
         self._reports(message, now)
 
     def _transport(self) -> Any:
@@ -301,6 +319,7 @@ class QueueManager:
             if answer is not None and answer.is_temporary:
                 LOG.warning("queue %s: failure report not stored (%s); retrying later", message.id, answer)
                 message.hold_until = schedule.next_attempt(now, cfg.CFG_MIN_QUEUE)
+                self.spool.save(message)  # the outcomes, which _attempt left to the removal
                 return
             message.failed_dsn_sent = True
             self.spool.save(message)

@@ -14,6 +14,15 @@ or leftovers in DIR_TMP; :meth:`Spool.recover` cleans DIR_TMP and moves orphans 
 unreadable envelopes to ``corrupt/``.  State updates rewrite the envelope atomically
 (temp file, fsync, rename, fsync dir), so it is always the old or the new version.
 
+Removal (every recipient final) unlinks the envelope, then the message, without fsyncing
+either directory: only a power failure (not ``kill -9``: the kernel keeps the unlinks)
+can bring a removed file back, and then the message is delivered again ("exactly once
+or more", DESIGN.md rule 1) or, if only one of its two files came back, set aside in
+``corrupt/`` by :meth:`Spool.recover` like any orphan.  Nothing queued is ever lost, since
+only a finished message is removed.  A relayed message thus costs four fsyncs (both
+files and both directories at commit) when its first attempt finishes it (see
+:mod:`extremail.queue.manager` for the attempts).
+
 Envelope records, one a line, fields separated by a tab::
 
     VERSION 1 | ID id | ARRIVED epoch | SENDER addr | CLIENT ip | HELO name | AUTH user
@@ -242,10 +251,9 @@ class Spool:
         atomic_write(os.path.join(self.env_dir, message.id), render(message))
 
     def remove(self, message: QueuedMessage) -> None:
-        """Forget a finished message: the envelope first, so a crash leaves an orphan
-        message (moved aside at the next start), never an envelope without its message."""
+        """Forget a finished message, the envelope first; no fsync (module header): a file
+        a power failure brings back means a second delivery or a file set aside."""
         _unlink(os.path.join(self.env_dir, message.id))
-        fsync_directory(self.env_dir)
         _unlink(message.path)
 
     # ---- recovery ----
