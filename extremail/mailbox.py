@@ -22,7 +22,7 @@ import threading
 import time
 from dataclasses import dataclass
 
-from .durable import fsync_directory, write_new
+from .durable import fsync_directory, sync_directory, write_new
 
 SUBDIRS = ("tmp", "new", "cur")
 _counter = itertools.count(1)
@@ -121,7 +121,7 @@ class Maildir:
         final = os.path.join(self.path, "new", name)
         try:
             os.rename(tmp, final)
-            fsync_directory(os.path.join(self.path, "new"))
+            sync_directory(os.path.join(self.path, "new"))
         except BaseException:
             _unlink_quietly(tmp)
             raise
@@ -147,7 +147,7 @@ class Maildir:
                 raise
             with open(source, "rb") as handle:
                 return self.deliver(handle.read())
-        fsync_directory(os.path.join(self.path, "new"))
+        sync_directory(os.path.join(self.path, "new"))
         return final
 
     def scan(self) -> list[Entry]:

@@ -47,7 +47,7 @@ from dataclasses import dataclass
 
 from .. import log
 from ..envelope import Envelope
-from ..durable import atomic_write, fsync_directory, write_new
+from ..durable import atomic_write, fsync_directory, sync_directory, write_new
 
 LOG = log.get("spool")
 
@@ -236,10 +236,10 @@ class Spool:
             write_new(tmp_env, render(message))
             os.rename(tmp_msg, message.path)
             renamed.append(message.path)
-            fsync_directory(self.msg_dir)
+            sync_directory(self.msg_dir)
             os.rename(tmp_env, env_path)  # the commit point
             renamed.append(env_path)
-            fsync_directory(self.env_dir)
+            sync_directory(self.env_dir)
         except BaseException:
             for path in (tmp_msg, tmp_env, *renamed):
                 _unlink(path)

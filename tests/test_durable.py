@@ -1,0 +1,63 @@
+"""Group commit of directory fsyncs: every caller returns only after an fsync that started
+after its rename, and concurrent callers share fsyncs."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+from extremail import durable
+
+
+def test_shared_directory_fsync_covers_every_caller(monkeypatch, tmp_path) -> None:
+    lock = threading.Lock()
+    state = {"renamed": 0, "durable": 0, "fsyncs": 0}
+
+    def slow_fsync(path: str) -> None:
+        with lock:
+            seen = state["renamed"]  # renames done before this fsync started
+            state["fsyncs"] += 1
+        time.sleep(0.005)
+        with lock:
+            state["durable"] = max(state["durable"], seen)
+
+    monkeypatch.setattr(durable, "fsync_directory", slow_fsync)
+    failures = []
+
+    def writer() -> None:
+        for _ in range(20):
+            with lock:
+                state["renamed"] += 1
+                mine = state["renamed"]
+            durable.sync_directory(str(tmp_path))
+            with lock:
+                if state["durable"] < mine:
+                    failures.append((mine, state["durable"]))
+
+    threads = [threading.Thread(target=writer) for _ in range(10)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(30)
+    assert not failures, failures[:5]
+    assert state["renamed"] == 200
+    assert state["fsyncs"] < 200  # shared, not one each
+
+
+def test_a_failed_fsync_is_not_taken_for_a_durable_one(monkeypatch, tmp_path) -> None:
+    calls = []
+
+    def failing_then_ok(path: str) -> None:
+        calls.append(path)
+        if len(calls) == 1:
+            raise OSError(5, "I/O error")
+
+    monkeypatch.setattr(durable, "fsync_directory", failing_then_ok)
+    try:
+        durable.sync_directory(str(tmp_path))
+    except OSError:
+        pass
+    else:
+        raise AssertionError("the error must reach the caller")
+    durable.sync_directory(str(tmp_path))  # must fsync again, not trust the failed one
+    assert len(calls) == 2
