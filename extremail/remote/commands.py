@@ -577,10 +577,7 @@ def _alias_target(req: Request) -> dict[str, str]:
 def alias_add(ctx: Any, req: Request) -> Answer:
     name, domain = _local(req, "NAME"), _domain(req, "DOMAIN")
     record = Alias(name, domain, **_alias_target(req))
-    ctx.store.find_domain(domain)
-    if (name, domain) in ctx.store.aliases.rows:
-        raise CommandError(f"alias {record.address} already exists")
-    ctx.store.add_alias(record)
+    ctx.store.add_alias(record)  # the store refuses a missing domain or a taken address
     return _ok(f"alias {record.address} added")
 
 
@@ -670,10 +667,7 @@ def _mlist_changes(req: Request) -> dict[str, int]:
 def mlist_add(ctx: Any, req: Request) -> Answer:
     name, domain = _local(req, "NAME"), _domain(req, "DOMAIN")
     record = MList(name, domain, **_mlist_changes(req))
-    ctx.store.find_domain(domain)
-    if (name, domain) in ctx.store.mlists.rows:
-        raise CommandError(f"mailing list {record.address} already exists")
-    ctx.store.add_mlist(record)
+    ctx.store.add_mlist(record)  # the store refuses a missing domain or a taken address
     return _ok(f"mailing list {record.address} added")
 
 
