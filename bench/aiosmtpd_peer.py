@@ -82,9 +82,7 @@ class Aiosmtpd(Peer):
 
     def __init__(self, workdir: str, users: list[str], sink_port: int, dns_port: int = 0) -> None:
         super().__init__(workdir, users, sink_port, dns_port)
-        self.mail = os.path.join(workdir, "mail")
         self.smtp_port = free_port()
-        self.proc: subprocess.Popen | None = None
 
     def start(self) -> None:
         env = dict(os.environ, PYTHONPATH=ROOT)
@@ -106,11 +104,6 @@ class Aiosmtpd(Peer):
             self.proc.wait(20)
         self.proc = None
 
-    def roots(self) -> list[int]:
-        return [self.proc.pid] if self.proc is not None else []
-
-    def maildir(self, user: str) -> str:
-        return os.path.join(self.mail, DOMAIN, user)
 
 
 if __name__ == "__main__":

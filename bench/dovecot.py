@@ -73,11 +73,9 @@ class Dovecot(Peer):
 
     def __init__(self, workdir: str, users: list[str], sink_port: int, dns_port: int = 0) -> None:
         super().__init__(workdir, users, sink_port, dns_port)
-        self.mail = os.path.join(workdir, "mail")
         self.config = os.path.join(workdir, "dovecot.conf")
         self.log = os.path.join(workdir, "dovecot.log")
         self.pop3_port = free_port()
-        self.proc: subprocess.Popen | None = None
         self.owner = pwd.getpwnam(MAIL_USER)
 
     def start(self) -> None:
@@ -114,8 +112,3 @@ class Dovecot(Peer):
         self.proc.wait(20)
         self.proc = None
 
-    def roots(self) -> list[int]:
-        return [self.proc.pid] if self.proc is not None else []
-
-    def maildir(self, user: str) -> str:
-        return os.path.join(self.mail, DOMAIN, user)

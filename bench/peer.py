@@ -65,6 +65,8 @@ class Peer:
         self.dns_port = dns_port    # a loopback DNS server, for peers that resolve names
         self.smtp_port = 0
         self.pop3_port = 0
+        self.mail = os.path.join(workdir, "mail")    # Maildirs: mail/<domain>/<user>
+        self.proc: subprocess.Popen | None = None  # the server's main process, if one
         os.makedirs(workdir, exist_ok=True)
 
     @staticmethod
@@ -80,10 +82,10 @@ class Peer:
 
     def roots(self) -> list[int]:
         """The processes (with their descendants) that make up the running server."""
-        raise NotImplementedError
+        return [self.proc.pid] if self.proc is not None else []
 
     def maildir(self, user: str) -> str:
-        raise NotImplementedError
+        return os.path.join(self.mail, DOMAIN, user)
 
     def prepared(self) -> None:
         """Called once the POP3 scenario's Maildirs are pre-filled."""

@@ -64,7 +64,6 @@ class Postfix(Peer):
         super().__init__(workdir, users, sink_port, dns_port)
         self.conf = os.path.join(workdir, "conf")
         self.queue = os.path.join(workdir, "queue")
-        self.mail = os.path.join(workdir, "mail")
         self.log = os.path.join(workdir, "postfix.log")
         self.smtp_port = free_port()
         self.master_pid = 0
@@ -147,7 +146,4 @@ class Postfix(Peer):
 
     def roots(self) -> list[int]:
         return [self.master_pid] if self.master_pid else []
-
-    def maildir(self, user: str) -> str:
-        return os.path.join(self.mail, DOMAIN, user)
 
