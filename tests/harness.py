@@ -187,6 +187,14 @@ class ServerProcess:
         return "".join(open(os.path.join(directory, name), encoding="utf-8", errors="replace").read()
                        for name in sorted(os.listdir(directory)))
 
+    def admin_do(self, *commands: str) -> None:
+        """Run management commands that must each answer +OK."""
+        admin = self.admin()
+        for command in commands:
+            answer = admin.cmd(command)
+            assert answer.startswith("+OK"), (command, answer)
+        admin.close()
+
     def setup_mail(self, domains: dict[str, dict[str, str]]) -> None:
         """Create domains and users: ``{"acme.test": {"mick": "secret"}}``."""
         admin = self.admin()

@@ -28,14 +28,6 @@ def read(path: str) -> bytes:
         return handle.read()
 
 
-def admin_do(server: ServerProcess, *commands: str) -> None:
-    admin = server.admin()
-    for command in commands:
-        answer = admin.cmd(command)
-        assert answer.startswith("+OK"), (command, answer)
-    admin.close()
-
-
 def send(server: ServerProcess, sender: str, recipients: list[str], data: bytes = BODY,
          declare_size: bool = True) -> dict:
     """Send one message; ``declare_size=False`` greets with HELO, so no SIZE= is declared and
@@ -79,7 +71,7 @@ def test_same_name_in_two_domains_is_kept_apart(mail: ServerProcess) -> None:
 
 
 def test_forward_copy_alias_defmailbox_and_postmaster(mail: ServerProcess) -> None:
-    admin_do(mail, "USER MOD NAME=mick DOMAIN=acme.test FORWARD=bob@acme.test",
+    mail.admin_do("USER MOD NAME=mick DOMAIN=acme.test FORWARD=bob@acme.test",
              "USER MOD NAME=ann DOMAIN=acme.test COPY=mick@other.test",
              "ALIAS ADD NAME=sales DOMAIN=acme.test FORWARD=ann@acme.test",
              "DOMAIN MOD NAME=other.test DEFMAILBOX=mick@other.test")
@@ -98,7 +90,7 @@ def test_forward_copy_alias_defmailbox_and_postmaster(mail: ServerProcess) -> No
 
 
 def test_mailing_list_members_and_posting_rights(mail: ServerProcess) -> None:
-    admin_do(mail, "MLIST ADD NAME=team DOMAIN=acme.test ACCESS=2",
+    mail.admin_do("MLIST ADD NAME=team DOMAIN=acme.test ACCESS=2",
              "MLISTUSER ADD MAILBOX=ann@acme.test MLISTNAME=team MLISTDOMAIN=acme.test",
              "MLISTUSER ADD MAILBOX=mick@other.test MLISTNAME=team MLISTDOMAIN=acme.test")
     send(mail, "ann@acme.test", ["team@acme.test"])
@@ -110,12 +102,12 @@ def test_mailing_list_members_and_posting_rights(mail: ServerProcess) -> None:
 
 def test_quota_temporary_at_rcpt_permanent_at_data(mail: ServerProcess) -> None:
     big = b"Subject: big\r\n\r\n" + b"x" * 70 + b"\r\n" * 1 + (b"y" * 78 + b"\r\n") * 40  # ~3.3 KB
-    admin_do(mail, "USER MOD NAME=mick DOMAIN=acme.test QUOTA=2")
+    mail.admin_do("USER MOD NAME=mick DOMAIN=acme.test QUOTA=2")
     with pytest.raises(smtplib.SMTPDataError) as refused:
         send(mail, "a@remote.test", ["mick@acme.test"], big)
     assert refused.value.smtp_code == 552 and b"5.2.2" in refused.value.smtp_error
     send(mail, "a@remote.test", ["mick@acme.test"], big[:1800])
-    admin_do(mail, "USER MOD NAME=mick DOMAIN=acme.test QUOTA=1")
+    mail.admin_do("USER MOD NAME=mick DOMAIN=acme.test QUOTA=1")
     with pytest.raises(smtplib.SMTPRecipientsRefused) as full:
         send(mail, "a@remote.test", ["mick@acme.test"])
     assert full.value.recipients["mick@acme.test"][0] == 452
@@ -123,7 +115,7 @@ def test_quota_temporary_at_rcpt_permanent_at_data(mail: ServerProcess) -> None:
 
 
 def test_maxinmailsize_at_rcpt_with_size_and_at_data(mail: ServerProcess) -> None:
-    admin_do(mail, "USER MOD NAME=ann DOMAIN=acme.test MAXINMAILSIZE=1")
+    mail.admin_do("USER MOD NAME=ann DOMAIN=acme.test MAXINMAILSIZE=1")
     with smtplib.SMTP("127.0.0.1", mail.smtp_port) as client:
         client.ehlo()
         assert client.mail("a@remote.test", ["SIZE=5000"])[0] == 250
@@ -141,7 +133,7 @@ def _dsn(server: ServerProcess, user: str, domain: str) -> email.message.EmailMe
 
 
 def test_partial_failure_is_250_with_a_failed_dsn_to_a_local_sender(mail: ServerProcess) -> None:
-    admin_do(mail, "USER MOD NAME=mick DOMAIN=acme.test QUOTA=1")
+    mail.admin_do("USER MOD NAME=mick DOMAIN=acme.test QUOTA=1")
     data = b"Subject: partly\r\nMessage-ID: <p1@acme.test>\r\n\r\n" + (b"q" * 70 + b"\r\n") * 30
     assert send(mail, "bob@acme.test", ["mick@acme.test", "ann@acme.test"], data, declare_size=False) == {}
     assert len(files(mail, "ann", "acme.test")) == 1 and files(mail, "mick", "acme.test") == []
@@ -160,7 +152,7 @@ def test_partial_failure_is_250_with_a_failed_dsn_to_a_local_sender(mail: Server
 
 
 def test_every_recipient_failing_gives_the_5xx_and_no_dsn(mail: ServerProcess) -> None:
-    admin_do(mail, "USER MOD NAME=mick DOMAIN=acme.test MAXINMAILSIZE=1",
+    mail.admin_do("USER MOD NAME=mick DOMAIN=acme.test MAXINMAILSIZE=1",
              "USER MOD NAME=ann DOMAIN=acme.test MAXINMAILSIZE=1")
     with pytest.raises(smtplib.SMTPDataError) as refused:
         send(mail, "bob@acme.test", ["mick@acme.test", "ann@acme.test"],
@@ -170,7 +162,7 @@ def test_every_recipient_failing_gives_the_5xx_and_no_dsn(mail: ServerProcess) -
 
 
 def test_null_sender_partial_failure_sends_no_dsn(mail: ServerProcess) -> None:
-    admin_do(mail, "USER MOD NAME=mick DOMAIN=acme.test MAXINMAILSIZE=1")
+    mail.admin_do("USER MOD NAME=mick DOMAIN=acme.test MAXINMAILSIZE=1")
     send(mail, "", ["mick@acme.test", "ann@acme.test"], b"Subject: s\r\n\r\n" + (b"w" * 70 + b"\r\n") * 30,
          declare_size=False)
     assert len(files(mail, "ann", "acme.test")) == 1

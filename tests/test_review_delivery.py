@@ -24,18 +24,10 @@ def new_files(server: ServerProcess, user: str, domain: str) -> list[str]:
     return glob.glob(os.path.join(server.maildir(user, domain), "new", "*"))
 
 
-def admin_do(server: ServerProcess, *commands: str) -> None:
-    admin = server.admin()
-    for command in commands:
-        answer = admin.cmd(command)
-        assert answer.startswith("+OK"), (command, answer)
-    admin.close()
-
-
 def test_spool_error_answers_452_before_any_mailbox_gets_a_copy(make_server) -> None:
     server = make_server()
     server.setup_mail({"acme.test": {"mick": "x"}})
-    admin_do(server, 'ALIAS ADD NAME=prog DOMAIN=acme.test PIPE="/bin/true"')
+    server.admin_do('ALIAS ADD NAME=prog DOMAIN=acme.test PIPE="/bin/true"')
     msg_dir = server.path("queue", "msg")
     shutil.rmtree(msg_dir)
     open(msg_dir, "w").close()  # the spool cannot commit anything now
@@ -54,7 +46,7 @@ def test_spool_error_answers_452_before_any_mailbox_gets_a_copy(make_server) -> 
 def test_postmaster_that_is_cfg_postmaster_falls_back_to_defmailbox(make_server) -> None:
     server = make_server(CFG_POSTMASTER="postmaster@acme.test")
     server.setup_mail({"acme.test": {"mick": "x"}})
-    admin_do(server, "DOMAIN MOD NAME=acme.test DEFMAILBOX=mick@acme.test")
+    server.admin_do("DOMAIN MOD NAME=acme.test DEFMAILBOX=mick@acme.test")
     with smtplib.SMTP("127.0.0.1", server.smtp_port) as client:
         client.ehlo()
         client.mail("a@remote.test")
