@@ -53,18 +53,25 @@ def build_components(server: Any) -> None:
 
 
 def _outbound(server: Any) -> None:
-    """The DNS cache (``ctx.dns``, for the DNS commands) and the remote transport
-    (``ctx.transport``, for the queue).  Added before the queue so it stops after it."""
+    """The DNS cache (``ctx.dns``, for the DNS commands), the outbound connection cache
+    and the remote transport (``ctx.transport``, for the queue).  Added before the queue
+    so they stop after it."""
     from .dns import MXResolver
     from .dnscache import DNSCache
     from .queue.remote import RemoteTransport
+    from .smtp.client import Client
+    from .smtp.connections import IDLE_SECONDS, ConnectionCache
     cfg = server.cfg
     resolver = MXResolver(cfg)
     cache = DNSCache(cfg.FILE_DNS_CACHE, resolver, cfg.CFG_HOR_RETRY_MAIL)
+    connections = ConnectionCache()
     server.ctx.dns = cache
-    server.ctx.transport = RemoteTransport(server.ctx, cache, resolver)
+    server.ctx.transport = RemoteTransport(server.ctx, cache, resolver,
+                                           Client(cfg.hostname, float(cfg.TIMEOUT_SOCK), connections))
     server.add_component(cache)
+    server.add_component(connections)
     server.add_job("dns-cache", cfg.CFG_MIN_CONTROL * 60.0, cache.expire)
+    server.add_job("outbound-connections", IDLE_SECONDS, connections.prune)
 
 
 def _queue(server: Any) -> None:

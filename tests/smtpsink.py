@@ -48,6 +48,8 @@ class SMTPSink:
         self.mail_reply = "250 2.1.0 sender ok"
         self.rcpt_replies: dict[str, str] = {}
         self.data_reply = "250 2.0.0 queued"
+        self.no_rcpt_data_reply = "554 5.5.1 no valid recipients"
+        self.drop_at_mail = 0  # close without a reply at the MAIL of this transaction (1 = first)
         self.silent = False
         self.delay = 0.0
         for name, value in behaviour.items():
@@ -56,6 +58,7 @@ class SMTPSink:
             setattr(self, name, value)
         self.messages: list[Received] = []
         self.sessions: list[Session] = []
+        self.connections: list[socket.socket] = []
         self.listener = socket.socket()
         self.listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         self.listener.bind((host, port))
@@ -77,6 +80,7 @@ class SMTPSink:
         session = Session(peer)
         with self._lock:
             self.sessions.append(session)
+            self.connections.append(conn)
         conn.settimeout(30)
         try:
             if self.silent:
@@ -128,6 +132,8 @@ class SMTPSink:
             elif verb == "HELO":
                 send("250 sink.test")
             elif verb == "MAIL":
+                if sum(c[:4].upper() == "MAIL" for c in session.commands) == self.drop_at_mail:
+                    return
                 session.buffered_after_mail = bytes(buffer).count(b"\r\n")
                 mail, rcpts = command, []
                 send(self.mail_reply)
@@ -138,8 +144,8 @@ class SMTPSink:
                     rcpts.append(address)
                 send(answer)
             elif verb == "DATA":
-                if not rcpts:
-                    send("554 5.5.1 no valid recipients")
+                if not rcpts and not self.no_rcpt_data_reply.startswith("354"):
+                    send(self.no_rcpt_data_reply)
                     continue
                 send("354 go ahead")
                 while b"\r\n.\r\n" not in buffer and not buffer.startswith(b".\r\n"):
@@ -165,6 +171,15 @@ class SMTPSink:
                 send("250 2.0.0 reset")
             else:
                 send("502 5.5.1 not implemented")
+
+    def close_sessions(self) -> None:
+        """Hang up on every client, as a server does on its idle timeout."""
+        with self._lock:
+            for conn in self.connections:
+                try:
+                    conn.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
 
     def close(self) -> None:
         self._stop.set()

@@ -69,7 +69,7 @@ def test_mail_leaves_by_mx_in_one_pipelined_transaction(outbound, sinks):
     assert received.recipients == ["a@dest.test", "b@dest.test"]
     assert received.mail.startswith("MAIL FROM:<someone@local.test> SIZE=")
     assert mx1.sessions[0].commands[0] == "EHLO mx.local.test"
-    assert mx1.sessions[0].buffered_after_mail == 2  # RFC 2920: MAIL and RCPTs in one go
+    assert mx1.sessions[0].buffered_after_mail == 3  # RFC 2920: MAIL, RCPTs and DATA in one go
     # dot-stuffed on the wire, intact after unstuffing, behind our trace header
     assert b"\r\n..leading dot\r\n...two dots\r\n..\r\nlast line" in received.raw
     assert received.data.endswith(BODY.encode().split(b"\r\n\r\n", 1)[1].rstrip(b"\r\n"))
@@ -80,6 +80,24 @@ def test_mail_leaves_by_mx_in_one_pipelined_transaction(outbound, sinks):
     log = server.log_text()
     assert f"via mx1.dest.test [127.0.0.2]:{mx1.port}: 250 2.0.0 queued (" in log
     assert "to a@dest.test,b@dest.test via" in log
+
+
+def test_the_next_message_reuses_the_connection_which_closes_when_idle(outbound, sinks):
+    server = outbound()
+    mx1 = sinks["127.0.0.2"]
+    send(server, ["a@dest.test"])
+    wait_until(lambda: mx1.messages, 30, "the first delivery")
+    send(server, ["b@dest.test"])
+    wait_until(lambda: len(mx1.messages) == 2, 30, "the second delivery")
+    assert len(mx1.sessions) == 1
+    assert [c for c in mx1.sessions[0].commands if c.startswith("RCPT")] == [
+        "RCPT TO:<a@dest.test>", "RCPT TO:<b@dest.test>"]
+    assert "250 2.0.0 queued (" in server.log_text()
+    assert "; connection reused (2)" in server.log_text()
+    # idle for longer than the cache keeps it: QUIT from the periodic job
+    wait_until(lambda: mx1.sessions[0].ended, 15, "the idle connection to be closed")
+    assert mx1.sessions[0].commands[-1] == "QUIT"
+    assert status(server)["SMTP out"] == "1" and status(server)["Mails sent"] == "2"
 
 
 def test_recipients_refused_remotely_fail_others_are_delivered(outbound, sinks):

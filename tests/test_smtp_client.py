@@ -7,9 +7,11 @@ import socket
 import threading
 
 import pytest
+from harness import wait_until
 from smtpsink import SMTPSink
 
 from extremail.smtp.client import Client, extensions, make_reply, read_lines
+from extremail.smtp.connections import ConnectionCache
 from extremail.net.lineio import LineIO
 
 MESSAGE = b"Subject: hi\r\n\r\nhello\r\n"
@@ -47,11 +49,11 @@ def test_per_recipient_results_in_one_transaction(sink):
     assert peer.sessions[0].commands[-1] == "QUIT"
 
 
-def test_pipelining_sends_mail_and_rcpts_in_one_write(sink):
+def test_pipelining_sends_mail_rcpts_and_data_in_one_write(sink):
     peer = sink()
     send(peer, ["a@x.test", "b@x.test", "c@x.test"])
     session = peer.sessions[0]
-    assert session.buffered_after_mail == 3  # the three RCPTs were there before MAIL's reply
+    assert session.buffered_after_mail == 4  # three RCPTs and DATA were there before MAIL's reply
     assert session.commands[1].startswith("MAIL FROM:<a@here.test> SIZE=")
 
 
@@ -62,10 +64,82 @@ def test_without_pipelining_commands_wait_for_replies(sink):
 
 
 def test_no_data_when_every_recipient_is_refused(sink):
-    peer = sink(rcpt_replies={"a@x.test": "550 5.1.1 no"})
+    peer = sink(rcpt_replies={"a@x.test": "550 5.1.1 no"}, extensions=("SIZE 1000",))
     attempt = send(peer, ["a@x.test"])
     assert attempt.replies["a@x.test"].code == 550
     assert "DATA" not in peer.sessions[0].commands
+
+
+def test_pipelined_data_after_refused_recipients_gets_no_message(sink):
+    peer = sink(rcpt_replies={"a@x.test": "550 5.1.1 no"})
+    attempt = send(peer, ["a@x.test"])
+    assert str(attempt.replies["a@x.test"]) == "550 5.1.1 no"
+    assert peer.sessions[0].commands[-2:] == ["DATA", "QUIT"]  # the sink said 554 to DATA
+    assert not peer.messages
+
+
+def test_a_354_without_valid_recipients_gets_a_lone_dot(sink):
+    # RFC 2920 3.1: a DATA accepted although no RCPT was is answered with a single dot.
+    peer = sink(rcpt_replies={"a@x.test": "550 5.1.1 no"}, no_rcpt_data_reply="354 go ahead",
+                data_reply="554 5.5.1 nothing to deliver")
+    attempt = send(peer, ["a@x.test"])
+    assert str(attempt.replies["a@x.test"]) == "550 5.1.1 no"
+    assert peer.sessions[0].commands[-2:] == ["DATA", "QUIT"]
+    assert not peer.messages
+
+
+def test_a_cached_connection_carries_the_next_message(sink):
+    peer = sink()
+    cache = ConnectionCache()
+    client = Client("mx.here.test", 5, cache)
+    first = client.send("peer.test", peer.host, peer.port, "a@here.test", ["x@x.test"], MESSAGE)
+    second = client.send("peer.test", peer.host, peer.port, "b@here.test", ["y@x.test"], MESSAGE)
+    assert first.opened and not second.opened and second.connected
+    assert second.notes == ["connection reused (2)"]
+    assert [m.recipients for m in peer.messages] == [["x@x.test"], ["y@x.test"]]
+    assert len(peer.sessions) == 1 and cache.idle() == 1
+    cache.stop()
+    wait_until(lambda: peer.sessions[0].ended, 5, "the session to end")
+    assert peer.sessions[0].commands == [
+        "EHLO mx.here.test", "MAIL FROM:<a@here.test> SIZE=22", "RCPT TO:<x@x.test>", "DATA",
+        "MAIL FROM:<b@here.test> SIZE=22", "RCPT TO:<y@x.test>", "DATA", "QUIT"]
+
+
+def test_a_session_is_kept_after_the_final_reply_and_dropped_after_a_refusal(sink):
+    peer = sink(data_reply="451 4.3.0 try later")
+    cache = ConnectionCache()
+    attempt = Client("mx.here.test", 5, cache).send("peer.test", peer.host, peer.port, "",
+                                                    ["x@x.test"], MESSAGE)
+    assert attempt.replies["x@x.test"].code == 451
+    # the end of data was answered, so the session is clean and kept
+    assert cache.idle() == 1
+    peer.mail_reply = "421 4.3.2 going down"
+    again = Client("mx.here.test", 5, cache).send("peer.test", peer.host, peer.port, "",
+                                                  ["x@x.test"], MESSAGE)
+    assert again.replies["x@x.test"].code == 421 and cache.idle() == 0
+    wait_until(lambda: peer.sessions[0].ended, 5, "the session to end")
+    assert peer.sessions[0].commands[-1] == "QUIT"
+
+
+def test_a_connection_the_peer_dropped_is_replaced_by_a_fresh_one(sink):
+    peer = sink(drop_at_mail=2)  # the parked session dies at its second MAIL, unanswered
+    cache = ConnectionCache()
+    client = Client("mx.here.test", 5, cache)
+    client.send("peer.test", peer.host, peer.port, "", ["x@x.test"], MESSAGE)
+    second = client.send("peer.test", peer.host, peer.port, "", ["y@x.test"], MESSAGE)
+    assert second.opened and second.replies["y@x.test"].code == 250
+    assert [m.recipients for m in peer.messages] == [["x@x.test"], ["y@x.test"]]
+    assert len(peer.sessions) == 2
+
+
+def test_a_parked_connection_closed_by_the_peer_is_not_taken(sink):
+    peer = sink()
+    cache = ConnectionCache()
+    client = Client("mx.here.test", 5, cache)
+    client.send("peer.test", peer.host, peer.port, "", ["x@x.test"], MESSAGE)
+    peer.close_sessions()
+    wait_until(lambda: peer.sessions[0].ended, 5, "the sink to hang up")
+    assert cache.take(peer.host, peer.port) is None and cache.idle() == 0
 
 
 def test_helo_fallback_when_ehlo_is_refused(sink):

@@ -6,15 +6,20 @@ Steps: connect (TIMEOUT_SOCK for the connection and every read), read the greeti
 (3.2), then ``MAIL FROM`` (with ``SIZE=`` when the peer offers SIZE, RFC 1870, and
 ``BODY=8BITMIME`` when the data has 8-bit bytes and the peer offers it, RFC 6152),
 every ``RCPT TO``, ``DATA`` only if a recipient was accepted, the dot-stuffed data
-(:func:`extremail.net.lineio.dot_stuff`), ``QUIT``.  With PIPELINING (RFC 2920) the MAIL
-and RCPT commands go out in one write and their replies are read in order.
+(:func:`extremail.net.lineio.dot_stuff`).  With PIPELINING (RFC 2920) MAIL, the RCPTs and
+DATA go out in one write and their replies are read in order.  After the reply to the
+final dot the session is parked in the connection cache
+(:mod:`extremail.smtp.connections`) for the next message to the same address, which
+then starts at ``MAIL FROM``; otherwise, and after a refusal, ``QUIT``.
 
 Results: :class:`Attempt` with the final reply of each recipient: the RCPT reply when a
 recipient was refused, else the reply to the end of data; when the whole transaction
 fails (greeting, EHLO, MAIL, DATA, a dropped connection) every recipient still pending
 gets that reply.  A reply that cannot be parsed, or whose code is outside 2xx-5xx, is a
 temporary failure (STYLE.md habit 6).  ``opened`` says whether the TCP connection was
-made, ``connected`` whether the peer then greeted us with 220.
+made, ``connected`` whether the peer then greeted us with 220 (a reused session: not
+opened, connected).  A reused session that fails before its first reply (the peer closed
+it meanwhile) has delivered nothing, so the message goes out on a fresh connection.
 
 Attack surface: everything the remote server sends; reply lines are bounded
 (:data:`MAX_REPLY_LINE`, :data:`MAX_REPLY_LINES`) and never executed or logged raw.
@@ -23,14 +28,18 @@ Attack surface: everything the remote server sends; reply lines are bounded
 from __future__ import annotations
 
 import re
+import select
 import socket
+import time
 from dataclasses import dataclass, field
 
 from ..net.lineio import Closed, LineIO, LineTooLong, Timeout, dot_stuff
 from ..reply import Reply
+from .connections import ConnectionCache
 
 MAX_REPLY_LINE = 2048   # RFC 5321 4.5.3.1.5 says 512; peers send longer ones
 MAX_REPLY_LINES = 100   # a multi-line reply longer than this is garbage
+QUIT_TIMEOUT = 2.0      # seconds to wait for the reply to QUIT: the outcome is known already
 _REPLY_LINE = re.compile(rb"^([2-5][0-9][0-9])([ -]|$)(.*)$", re.DOTALL)
 _ENHANCED = re.compile(r"^([245]\.\d{1,3}\.\d{1,3})(?: |$)")
 
@@ -129,44 +138,118 @@ def _stop_unless(reply: Reply, code: int) -> Reply:
     return reply
 
 
-class Client:
-    """Outbound transactions; :meth:`send` never raises for the peer's behaviour."""
+class Session:
+    """An open SMTP session past EHLO, ready for ``MAIL FROM`` (kept between transactions
+    by :class:`extremail.smtp.connections.ConnectionCache`)."""
 
-    def __init__(self, helo_name: str, timeout: float) -> None:
+    def __init__(self, io: LineIO, features: dict[str, str], opened: float) -> None:
+        self.io = io
+        self.features = features
+        self.opened = opened
+        self.transactions = 0
+
+    def alive(self) -> bool:
+        """False when the peer has closed the connection or sent something unasked (a
+        ``421`` on its idle timeout): such a session cannot take a transaction."""
+        if self.io.has_pending():
+            return False
+        poller = select.poll()
+        poller.register(self.io.sock, select.POLLIN)
+        return not poller.poll(0)
+
+    def close(self) -> None:
+        """QUIT politely (briefly: the outcome is already known) and close."""
+        self.io.settimeout(QUIT_TIMEOUT)
+        try:
+            self.io.write(b"QUIT\r\n")
+            read_reply(self.io)
+        except (Broken, Timeout, Closed):
+            pass
+        self.io.close()
+
+
+class Client:
+    """Outbound transactions; :meth:`send` never raises for the peer's behaviour.  With a
+    ``cache``, a session that completed a transaction is parked there for the next
+    message to the same address instead of being closed."""
+
+    def __init__(self, helo_name: str, timeout: float, cache: ConnectionCache | None = None) -> None:
         self.helo_name = helo_name
         self.timeout = timeout
+        self.cache = cache
 
     def send(self, host: str, address: str, port: int, sender: str, recipients: list[str],
              data: bytes) -> Attempt:
         """Deliver ``data`` (CRLF wire form) for ``recipients`` through ``address:port``."""
+        cached = self.cache.take(address, port) if self.cache else None
+        if isinstance(cached, Session):
+            attempt = Attempt(host, address, port, connected=True,
+                              notes=[f"connection reused ({cached.transactions + 1})"])
+            if self._run(cached, attempt, address, port, sender, recipients, data):
+                return attempt
+            # The peer dropped the parked session before answering anything: nothing was
+            # delivered, so the message goes out on a fresh connection.
         attempt = Attempt(host, address, port)
+        session = self._open(attempt, recipients)
+        if session is not None:
+            self._run(session, attempt, address, port, sender, recipients, data)
+        return attempt
+
+    def _open(self, attempt: Attempt, recipients: list[str]) -> Session | None:
+        """Connect, read the greeting, EHLO; None (every recipient settled) on failure."""
         try:
-            sock = socket.create_connection((address, port), timeout=self.timeout)
+            sock = socket.create_connection((attempt.address, attempt.port), timeout=self.timeout)
         except OSError as exc:
             attempt.settle(recipients, Reply(451, "4.4.1", f"cannot connect: {exc.strerror or exc}"))
-            return attempt
+            return None
         attempt.opened = True
         io = LineIO(sock)
         io.settimeout(self.timeout)
+        session = Session(io, {}, time.monotonic())
         try:
-            self._transaction(io, attempt, sender, recipients, data)
-            self._quit(io)
+            # RFC 5321 3.1: a 554 instead of the 220 greeting means "no service here".
+            attempt.last = _stop_unless(read_reply(io), 220)
+            attempt.connected = True
+            session.features = self._ehlo(io, attempt)
         except Refused as exc:
             attempt.settle(recipients, exc.reply)
-            self._quit(io)
+            session.close()
+            return None
         except Broken as exc:
             attempt.settle(recipients, exc.reply)
-        finally:
             io.close()
-        return attempt
+            return None
+        return session
+
+    def _run(self, session: Session, attempt: Attempt, address: str, port: int, sender: str,
+             recipients: list[str], data: bytes) -> bool:
+        """One transaction on ``session``, which is then parked or closed.  False (nothing
+        settled) when a reused session died before its first reply."""
+        reused = session.transactions > 0
+        try:
+            complete = self._transaction(session, attempt, sender, recipients, data)
+        except Refused as exc:
+            attempt.settle(recipients, exc.reply)
+            session.close()
+        except Broken as exc:
+            session.io.close()
+            if reused and attempt.last is None:
+                return False
+            attempt.settle(recipients, exc.reply)
+        else:
+            session.transactions += 1
+            if complete and self.cache is not None:
+                self.cache.put(address, port, session)
+            else:
+                session.close()
+        return True
 
     # ---- the conversation ----
-    def _transaction(self, io: LineIO, attempt: Attempt, sender: str, recipients: list[str],
-                     data: bytes) -> None:
-        # RFC 5321 3.1: a 554 instead of the 220 greeting means "no service here".
-        attempt.last = _stop_unless(read_reply(io), 220)
-        attempt.connected = True
-        features = self._ehlo(io, attempt)
+    def _transaction(self, session: Session, attempt: Attempt, sender: str, recipients: list[str],
+                     data: bytes) -> bool:
+        """MAIL to the final dot; True when it ended cleanly after the data (the session
+        may then take another transaction)."""
+        io, features = session.io, session.features
         mail = f"MAIL FROM:<{sender}>"
         if "SIZE" in features:  # RFC 1870 6: refuse before sending what the peer cannot take
             limit = features["SIZE"]
@@ -179,10 +262,10 @@ class Client:
                 mail += " BODY=8BITMIME"  # RFC 6152 2
             else:
                 attempt.notes.append("8-bit data sent to a server without 8BITMIME")
-        accepted = self._envelope(io, attempt, mail, recipients, "PIPELINING" in features)
+        accepted, go_ahead = self._envelope(io, attempt, mail, recipients, "PIPELINING" in features)
         if not accepted:
-            return  # RFC 5321 3.3: no DATA without an accepted recipient
-        _stop_unless(self._command(io, attempt, "DATA"), 354)
+            return False  # RFC 5321 3.3: no data without an accepted recipient
+        _stop_unless(go_ahead if go_ahead is not None else self._command(io, attempt, "DATA"), 354)
         self._write(io, dot_stuff(data))  # RFC 5321 4.5.2 transparency
         reply = read_reply(io)
         if reply.code // 100 == 3:
@@ -190,6 +273,7 @@ class Client:
         attempt.last = reply
         for rcpt in accepted:
             attempt.replies[rcpt] = reply
+        return True
 
     def _ehlo(self, io: LineIO, attempt: Attempt) -> dict[str, str]:
         """EHLO, or HELO when the peer refuses EHLO with a 5xx (RFC 5321 3.2)."""
@@ -204,25 +288,34 @@ class Client:
         return {}
 
     def _envelope(self, io: LineIO, attempt: Attempt, mail: str, recipients: list[str],
-                  pipelining: bool) -> list[str]:
-        """MAIL and the RCPTs; returns the recipients accepted, records the refused ones."""
+                  pipelining: bool) -> tuple[list[str], Reply | None]:
+        """MAIL and the RCPTs (and DATA, when pipelining); returns the recipients accepted
+        and the reply to a pipelined DATA, and records the refused recipients."""
         commands = [mail] + [f"RCPT TO:<{rcpt}>" for rcpt in recipients]
+        go_ahead = None
         if pipelining:
-            # RFC 2920 3.1: MAIL and RCPT go out as one group; replies are read in order.
+            # RFC 2920 3.1: MAIL, the RCPTs and DATA go out as one group (DATA last);
+            # the replies are read in order.
+            commands.append("DATA")
             self._write(io, "".join(c + "\r\n" for c in commands).encode("utf-8"))
             replies = [read_reply(io) for _ in commands]
+            go_ahead = replies.pop()
             attempt.last = replies[-1]
-            _stop_unless(replies[0], 250)
         else:
-            replies = [_stop_unless(self._command(io, attempt, mail), 250)]
-            replies += [self._command(io, attempt, c) for c in commands[1:]]
-        accepted = []
+            replies = [self._command(io, attempt, mail)]
+            if replies[0].code == 250:
+                replies += [self._command(io, attempt, c) for c in commands[1:]]
+        accepted = [rcpt for rcpt, reply in zip(recipients, replies[1:], strict=False)
+                    if reply.code in (250, 251) and replies[0].code == 250]
+        if go_ahead is not None and go_ahead.code == 354 and not accepted:
+            # RFC 2920 3.1: a server that says 354 with no valid recipient gets no data.
+            self._write(io, b".\r\n")
+            read_reply(io)
+        _stop_unless(replies[0], 250)
         for rcpt, reply in zip(recipients, replies[1:], strict=True):
-            if reply.code in (250, 251):
-                accepted.append(rcpt)
-            else:
+            if rcpt not in accepted:
                 attempt.replies[rcpt] = reply
-        return accepted
+        return accepted, go_ahead
 
     def _command(self, io: LineIO, attempt: Attempt, line: str) -> Reply:
         self._write(io, (line + "\r\n").encode("utf-8"))
@@ -235,12 +328,3 @@ class Client:
             io.write(data)
         except (Timeout, Closed):
             raise Broken(Reply(451, "4.4.2", "connection lost while sending")) from None
-
-    @staticmethod
-    def _quit(io: LineIO) -> None:
-        """QUIT politely; the outcome is already known, so a failure here is ignored."""
-        try:
-            io.write(b"QUIT\r\n")
-            read_reply(io)
-        except (Broken, Timeout, Closed):
-            pass
