@@ -1,4 +1,5 @@
-"""Passwords (scrypt hashes, constant-time checks) and the slowing-down of failed logins.
+"""Passwords (scrypt hashes, constant-time checks), the cache of verified logins, and the
+slowing-down of failed logins.
 
 Passwords are stored as ``$scrypt$N$r$p$salt$hash`` (base64 fields) and never in clear;
 this module is the only place that sees a clear password, and it never logs one.
@@ -10,6 +11,22 @@ user, an unknown one and a wrong password alike, so the wait tells nothing.  And
 is told to map blocks that large on their own and unmap them when freed
 (:func:`_unmap_large_blocks`): by default it keeps them in the arena of every thread
 that ever checked a password.
+
+Login cache (:class:`LoginCache`, as Dovecot's auth cache): a POP3 client polls every
+few minutes with the same password, and each scrypt costs about 50 ms of CPU.  After a
+successful verification the cache keeps, per user, the stored hash it was checked
+against and HMAC-SHA256 of the password under a key drawn from ``os.urandom`` when the
+process starts; a later login whose stored hash is the same and whose HMAC matches
+(constant-time) succeeds without scrypt.  Why that is safe: the clear password is never
+kept, and the digest cannot be checked without the key, which is never written anywhere
+and dies with the process (a restart empties the cache); any change of the stored hash
+(a new password, the user deleted or added again: a new salt) invalidates the entry at
+once; an entry expires :data:`CACHE_TTL` after the scrypt check that made it, however
+often it is used.  Only successes are cached: a wrong password and an unknown user
+still cost one full derivation each, and are throttled as before.  What remains:
+someone who can read this process's memory could test guesses against a cached digest
+at HMAC speed instead of scrypt speed, but such a reader also sees passwords as they
+arrive.
 """
 
 from __future__ import annotations
@@ -21,13 +38,23 @@ import hmac
 import os
 import threading
 import time
+from collections import OrderedDict
+from collections.abc import Callable, Hashable
+from dataclasses import dataclass
 
 SCRYPT_N, SCRYPT_R, SCRYPT_P = 2 ** 14, 8, 1
 _DUMMY_SALT = b"eXtremail-dummy!"
 # Derivations at once: two per core of the 2-core target keeps the CPUs busy; more only
 # adds memory (16 MB each), not logins per second.
 MAX_DERIVATIONS = 4
-_derivations = threading.BoundedSemaphore(MAX_DERIVATIONS)
+_slots = threading.BoundedSemaphore(MAX_DERIVATIONS)
+derivations = 0  # scrypt derivations since the process started: what the login cache saves
+_counting = threading.Lock()
+# The login cache: how long a verified password is remembered (Dovecot's default
+# auth_cache_ttl) and for how many users at most (the least recently used go first).
+CACHE_TTL = 3600.0
+CACHE_SIZE = 10_000
+_CACHE_KEY = os.urandom(32)
 # glibc mallopt(3) parameters and the values its dynamic mmap threshold would settle on
 # after one 16 MB block, fixed below it so scrypt's blocks always go back to the system.
 M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3
@@ -59,7 +86,10 @@ def _b64(data: bytes) -> str:
 
 def _derive(password: str, salt: bytes, n: int, r: int, p: int) -> bytes:
     """The scrypt key, once one of the :data:`MAX_DERIVATIONS` slots is free."""
-    with _derivations:
+    global derivations
+    with _slots:
+        with _counting:
+            derivations += 1
         return hashlib.scrypt(password.encode("utf-8"), salt=salt, n=n, r=r, p=p,
                               maxmem=128 * r * n * 2, dklen=32)
 
@@ -86,6 +116,48 @@ def verify_password(password: str, stored: str | None) -> bool:
         _derive(password, _DUMMY_SALT, SCRYPT_N, SCRYPT_R, SCRYPT_P)
         return False
     return hmac.compare_digest(expected, actual)
+
+
+@dataclass(frozen=True)
+class _Verified:
+    stored: str    # the hash the password was verified against
+    digest: bytes  # HMAC-SHA256(_CACHE_KEY, password)
+    expires: float
+
+
+class LoginCache:
+    """Passwords recently verified, per user, so a client logging in again with the same
+    password costs no scrypt (the module docstring says why this is safe)."""
+
+    def __init__(self, ttl: float = CACHE_TTL, size: int = CACHE_SIZE,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.ttl, self.size = ttl, size
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._entries: OrderedDict[Hashable, _Verified] = OrderedDict()
+
+    def verify(self, user: Hashable, password: str, stored: str | None) -> bool:
+        """:func:`verify_password`, answered without scrypt when ``user`` logged in with
+        this ``password`` against this same ``stored`` hash less than ``ttl`` ago."""
+        digest = hmac.new(_CACHE_KEY, password.encode("utf-8"), hashlib.sha256).digest()
+        with self._lock:
+            entry = self._entries.get(user)
+            if entry is not None and (entry.stored != stored or entry.expires <= self._clock()):
+                del self._entries[user]  # a changed password, a deleted user or too old
+            elif entry is not None and hmac.compare_digest(entry.digest, digest):
+                self._entries.move_to_end(user)
+                return True
+        if not verify_password(password, stored) or stored is None:
+            return False
+        with self._lock:
+            self._entries[user] = _Verified(stored, digest, self._clock() + self.ttl)
+            self._entries.move_to_end(user)
+            if len(self._entries) > self.size:
+                self._entries.popitem(last=False)
+        return True
+
+
+login_cache = LoginCache()
 
 
 def is_hash(text: str) -> bool:

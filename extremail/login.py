@@ -4,8 +4,10 @@ Login names (the manual, "Users"): ``user@domain``, ``user.domain`` (the Netscap
 the longest suffix after a dot that is a local domain) and a bare ``user`` in
 CFG_LOCALDOMAIN (PROTOCOL.md).  The check costs the same whether the user exists or not
 (:func:`extremail.auth.verify_password` does the scrypt work on a dummy), and a user with
-no password never logs in.  Each IP with recent failures waits before its next answer
-(:class:`extremail.auth.Throttle`); only that session waits.
+no password never logs in.  Only a success can be cheaper: a user logging in again with
+the password last verified against its current stored hash is answered from
+:class:`extremail.auth.LoginCache` without scrypt.  Each IP with recent failures waits
+before its next answer (:class:`extremail.auth.Throttle`); only that session waits.
 
 Attack surface: login names and passwords straight from the network; nothing here logs
 a password or tells an unknown user from a wrong password.
@@ -47,9 +49,10 @@ def authenticate(ctx: Any, ip: str, login: str, password: str) -> Outcome:
     delay = ctx.throttle.delay(ip)
     if delay:
         ctx.stopping.wait(delay)  # this session waits; a server stop cuts it short
-    user = ctx.store.users.rows.get(resolve(ctx.store, ctx.cfg.CFG_LOCALDOMAIN, login))
+    key = resolve(ctx.store, ctx.cfg.CFG_LOCALDOMAIN, login)
+    user = ctx.store.users.rows.get(key)
     # Same work for an unknown user, a user without a password and a wrong password.
-    if auth.verify_password(password, user.password if user else None) and user is not None:
+    if auth.login_cache.verify(key, password, user.password if user else None) and user is not None:
         return Outcome(user, delay)
     ctx.throttle.failure(ip)
     return Outcome(None, delay)
