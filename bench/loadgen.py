@@ -7,6 +7,9 @@ same conversation.  The latency kept per message is the time from the final dot 
 the client to the server's reply to it (RFC 5321 4.1.1.4): the time a sender waits for a
 server to make the message durable.  POP3 sessions log in with USER/PASS and RETR
 each message in turn (RFC 1939); the latency of a RETR is until its terminating dot.
+A POP3 login (USER sent to the reply to PASS) is timed on its own, and the RETRs start
+only once every session of the scenario is logged in, so retrieval is measured without
+the password checks.
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ from __future__ import annotations
 import socket
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 TIMEOUT = 120.0
@@ -110,14 +114,21 @@ class Tally:
     messages: int = 0
     bytes: int = 0
     latencies: list[float] = field(default_factory=list)
+    logins: list[float] = field(default_factory=list)  # POP3: USER to the reply to PASS
+    finished: float = 0.0  # POP3: when the last RETR's final dot arrived
     errors: list[str] = field(default_factory=list)
     lock: threading.Lock = field(default_factory=threading.Lock)
 
-    def add(self, messages: int, size: int, latencies: list[float]) -> None:
+    def add(self, messages: int, size: int, latencies: list[float], finished: float = 0.0) -> None:
         with self.lock:
             self.messages += messages
             self.bytes += size
             self.latencies.extend(latencies)
+            self.finished = max(self.finished, finished)
+
+    def login(self, seconds: float) -> None:
+        with self.lock:
+            self.logins.append(seconds)
 
     def fail(self, error: BaseException) -> None:
         with self.lock:
@@ -163,24 +174,29 @@ def smtp_session(port: int, count: int, size: int, sender: str, rcpts: list[str]
 
 def pop3_session(port: int, user: str, password: str, count: int, tally: Tally,
                  start: threading.Barrier) -> None:
-    """Log in and RETR messages 1..``count``, keeping them on the server."""
+    """Log in, wait for every other session to be logged in too, then RETR messages
+    1..``count``, keeping them on the server."""
     latencies = []
     got = received = 0
+    finished = 0.0
     try:
-        start.wait()
         conn = Connection(port)
         try:
             conn.line()
+            began = time.perf_counter()
             for command in (f"USER {user}", f"PASS {password}"):
                 conn.send_all(command.encode() + b"\r\n")
                 answer = conn.line()
                 if not answer.startswith(b"+OK"):
                     raise ProtocolError(f"{command.split()[0]}: {answer!r}")
+            tally.login(time.perf_counter() - began)
+            start.wait()
             for number in range(1, count + 1):
                 began = time.perf_counter()
                 conn.send_all(b"RETR %d\r\n" % number)
                 received += conn.multiline()
-                latencies.append(time.perf_counter() - began)
+                finished = time.perf_counter()
+                latencies.append(finished - began)
                 got += 1
             conn.send_all(b"QUIT\r\n")
             conn.line()
@@ -188,23 +204,33 @@ def pop3_session(port: int, user: str, password: str, count: int, tally: Tally,
             conn.close()
     except (OSError, ProtocolError, threading.BrokenBarrierError) as error:
         tally.fail(error)
-    tally.add(got, received, latencies)
+        start.abort()  # the sessions still waiting to start need not wait for this one
+    tally.add(got, received, latencies, finished)
 
 
-def run_sessions(target, jobs: list[tuple]) -> tuple[Tally, float, float]:
-    """Run ``target(*job, tally, barrier)`` for every job on its own thread, started
-    together; returns the tally, the start time and the time the last session ended."""
+def run_sessions(target, jobs: list[tuple],
+                 at_start: Callable[[], None] | None = None) -> tuple[Tally, float, float]:
+    """Run ``target(*job, tally, barrier)`` for every job on its own thread.  The timed
+    part starts when every session has reached the barrier (an SMTP session at once, a
+    POP3 one once logged in): ``at_start()`` runs then, before any session goes on.
+    Returns the tally, the start time and the time the last session ended."""
     tally = Tally()
-    barrier = threading.Barrier(len(jobs) + 1, timeout=TIMEOUT)
+    began: list[float] = []
+
+    def start() -> None:
+        if at_start is not None:
+            at_start()
+        began.append(time.perf_counter())
+
+    barrier = threading.Barrier(len(jobs), action=start, timeout=TIMEOUT)
     threads = [threading.Thread(target=target, args=(*job, tally, barrier), daemon=True)
                for job in jobs]
     for thread in threads:
         thread.start()
-    barrier.wait()
-    began = time.perf_counter()
     for thread in threads:
         thread.join()
-    return tally, began, time.perf_counter()
+    ended = time.perf_counter()
+    return tally, began[0] if began else ended, ended
 
 
 def split(total: int, parts: int) -> list[int]:

@@ -235,9 +235,11 @@ def _summary(result: scenarios.Result) -> str:
     if not result.seconds:
         return f"{figures['memory_MB']:.1f} MB with {result.messages} connections"
     p99 = figures["p99_ms"]
+    login = (f", login p99 {round(figures['login_p99_ms'], 2)} ms" if "login_p99_ms" in figures
+             else "")
     return (f"{figures['msg_per_s']:.0f} msg/s, {figures['MB_per_s']:.1f} MB/s, "
-            f"p99 {p99 if p99 is None else round(p99, 2)} ms, peak {figures['memory_MB']:.0f} MB, "
-            f"CPU {figures['cpu_ms_per_msg']:.2f} ms/msg")
+            f"p99 {p99 if p99 is None else round(p99, 2)} ms{login}, "
+            f"peak {figures['memory_MB']:.0f} MB, CPU {figures['cpu_ms_per_msg']:.2f} ms/msg")
 
 
 def main(argv: list[str] | None = None) -> int:

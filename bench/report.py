@@ -19,6 +19,8 @@ SERVERS = ("extremail", "postfix", "aiosmtpd", "dovecot")
 METRICS = (("msg_per_s", "msg/s"), ("MB_per_s", "MB/s"), ("p50_ms", "p50 ms"),
            ("p99_ms", "p99 ms"), ("memory_MB", "peak MB"), ("cpu_ms_per_msg", "CPU ms/msg"),
            ("client_cpu_ms_per_msg", "loadgen CPU ms/msg"))
+# POP3 rows also time their logins, apart from the RETRs: printed after the RETRs' p99.
+LOGIN_METRICS = (("login_p50_ms", "login p50 ms"), ("login_p99_ms", "login p99 ms"))
 
 # The issue's targets: (scenario letter, figure, peer, factor, "min" or "max" or "abs").
 TARGETS = (
@@ -58,8 +60,8 @@ def _median_figures(runs: list[Result]) -> dict:
 
 def headline(rows: list[Scenario], details: dict, results: dict) -> dict[str, dict]:
     """One object per scenario letter in its headline unit.  A letter with several rows
-    ((f): one session, then many) is their messages over their summed time, per
-    repetition, then the median."""
+    ((f): one session, then many) is their messages over their summed time (in (f) the
+    time from the last login to the last RETR), per repetition, then the median."""
     out: dict[str, dict] = {}
     for row in rows:
         entry = out.setdefault(row.letter, {"unit": "MB" if row.kind == "idle" else "msg/s"})
@@ -132,7 +134,7 @@ def table(rows: list[Scenario], details: dict, servers: list[str]) -> str:
     lines = [head]
     for row in rows:
         by_server = details.get(row.key, {})
-        metrics = [("memory_MB", "MB with idle")] if row.kind == "idle" else list(METRICS)
+        metrics = _metrics(row)
         for name, label in metrics:
             values = {}
             for server in servers:
@@ -153,6 +155,16 @@ def table(rows: list[Scenario], details: dict, servers: list[str]) -> str:
             for line in lines]
     text.insert(1, "-" * len(text[0]))
     return "\n".join(text)
+
+
+def _metrics(row: Scenario) -> list[tuple[str, str]]:
+    """The figures the table shows for ``row``, with their labels."""
+    if row.kind == "idle":
+        return [("memory_MB", "MB with idle")]
+    if row.kind != "pop3":
+        return list(METRICS)
+    after = [name for name, _ in METRICS].index("p99_ms") + 1
+    return [*METRICS[:after], *LOGIN_METRICS, *METRICS[after:]]
 
 
 def errors(details: dict) -> list[str]:

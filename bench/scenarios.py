@@ -9,6 +9,13 @@ connections held open: the server's memory.  (g is kept for IMAP.)
 A message counts only once it is a file in the recipient's Maildir ``new/`` (or, for
 (e), in the sink's directory): after the last session ends, the directories are polled
 until every message is there, and the scenario's time runs until then.
+
+(f) measures retrieval apart from login: every session logs in (USER/PASS) first, and
+the row's time starts only once the last session is logged in and ends at the last
+RETR's final dot, so msg/s is RETRs over that time.  The server's and the load
+generator's CPU are counted from the same start to the end of the sessions (their QUITs
+included); p50/p99 are the RETRs' own; the logins' latencies are kept apart
+(``login_p50``/``login_p99``); peak memory covers the whole row, logins included.
 """
 
 from __future__ import annotations
@@ -88,6 +95,8 @@ class Result:
     bytes: int = 0
     p50: float | None = None
     p99: float | None = None
+    login_p50: float | None = None  # POP3 rows: USER sent to the reply to PASS
+    login_p99: float | None = None
     memory: int = 0
     cpu: float = 0.0
     client_cpu: float = 0.0  # the load generator's own CPU seconds, to judge the figures
@@ -98,7 +107,7 @@ class Result:
         if self.error:
             return {"error": self.error}
         rate = self.messages / self.seconds if self.seconds else None
-        return {
+        figures: dict[str, float | None] = {
             "messages": self.messages,
             "msg_per_s": rate,
             "MB_per_s": self.bytes / self.seconds / 1e6 if self.seconds else None,
@@ -109,6 +118,10 @@ class Result:
             "client_cpu_ms_per_msg": (self.client_cpu / self.messages * 1000 if self.messages
                                       else None),
         }
+        if self.login_p50 is not None and self.login_p99 is not None:
+            figures["login_p50_ms"] = self.login_p50 * 1000
+            figures["login_p99_ms"] = self.login_p99 * 1000
+        return figures
 
 
 def percentile(values: list[float], fraction: float) -> float | None:
@@ -161,17 +174,26 @@ def run_row(row: Scenario, peer: Peer, sink=None) -> Result:
         counter, expected = (lambda: maildirs.count(boxes)), row.messages * row.rcpts
         jobs = _smtp_jobs(row, peer.smtp_port, [peer.address(user) for user in row.users()])
     start = counter() if counter is not None else 0
-    cpu_before, client_before = procstat.cpu_seconds(roots), _own_cpu()
+    # Replaced by at_start(), which a row whose sessions failed before starting never reaches.
+    cpu = {"server": procstat.cpu_seconds(roots), "client": _own_cpu()}
+
+    def at_start() -> None:  # every session ready (POP3: logged in); none has gone on yet
+        cpu.update(server=procstat.cpu_seconds(roots), client=_own_cpu())
+
     with procstat.MemorySampler(roots) as sampler:
         session = loadgen.pop3_session if row.kind == "pop3" else loadgen.smtp_session
-        tally, began, ended = loadgen.run_sessions(session, jobs)
+        tally, began, ended = loadgen.run_sessions(session, jobs, at_start)
+        if row.kind == "pop3":
+            ended = tally.finished  # the last RETR: the QUITs are not timed
         reached = True
         if counter is not None:
             reached, ended = _wait_count(counter, start + expected)
     result = Result(messages=tally.messages, seconds=ended - began, bytes=tally.bytes,
                     p50=percentile(tally.latencies, 0.50), p99=percentile(tally.latencies, 0.99),
-                    memory=sampler.peak, cpu=procstat.cpu_seconds(roots) - cpu_before,
-                    client_cpu=_own_cpu() - client_before)
+                    login_p50=percentile(tally.logins, 0.50),
+                    login_p99=percentile(tally.logins, 0.99), memory=sampler.peak,
+                    cpu=procstat.cpu_seconds(roots) - cpu["server"],
+                    client_cpu=_own_cpu() - cpu["client"])
     if tally.errors:
         result.error = f"{len(tally.errors)} session(s) failed: {tally.errors[0]}"
     elif tally.messages != row.messages:
