@@ -72,9 +72,9 @@ def on_disk(queue: QueueManager) -> list:
 def test_a_message_delivered_at_its_first_attempt_costs_the_commits_fsyncs_only(queue, fsyncs):
     queue.ctx.transport.statuses = ["delivered"]
     message = submit(queue)
-    assert len(fsyncs) == 4  # message, envelope, both directories
+    assert len(fsyncs) == 2  # the one spool file (envelope and message) and its directory
     queue._attempt(message)
-    assert len(fsyncs) == 4  # no envelope rewrite before or after, no fsync of the removal
+    assert len(fsyncs) == 2  # no state file before or after, no fsync of the removal
     assert os.listdir(queue.spool.env_dir) == [] and os.listdir(queue.spool.msg_dir) == []
     assert message.id not in queue.messages
 
@@ -94,7 +94,7 @@ def test_a_deferred_first_attempt_is_recorded_and_a_retry_is_recorded_before_it_
     queue.ctx.transport.statuses = ["deferred", "delivered"]
     message = submit(queue)
     queue._attempt(message)
-    assert len(fsyncs) == 4 + 2  # the outcome: envelope and its directory
+    assert len(fsyncs) == 2 + 2  # the outcome: the state file and its directory
     [recovered] = on_disk(queue)
     assert (recovered.recipients[0].attempts, recovered.recipients[0].reply) == (1, "451 later")
 
@@ -104,5 +104,5 @@ def test_a_deferred_first_attempt_is_recorded_and_a_retry_is_recorded_before_it_
     queue._attempt(message)
     [r] = seen[0].recipients
     assert (r.attempts, r.reply, r.status) == (2, "", QUEUED)  # on record before it was made
-    assert message.recipients[0].status == DELIVERED and len(fsyncs) == 4 + 2 + 2
+    assert message.recipients[0].status == DELIVERED and len(fsyncs) == 2 + 2 + 2
     assert os.listdir(queue.spool.env_dir) == [] and os.listdir(queue.spool.msg_dir) == []

@@ -59,41 +59,80 @@ def test_state_updates_rewrite_the_envelope(spool: Spool) -> None:
     assert len(again.recipients) == 2 and again.delayed_dsn_sent
 
 
-@pytest.mark.parametrize("damage", [
-    lambda text: text[: text.rindex(b"END")],               # truncated: no END record
+DAMAGE = [
+    lambda text: text[: text.index(b"END")],                # truncated: no END record
     lambda text: text[:40],                                  # cut in the middle
-    lambda text: text.replace(b"VERSION\t1", b"VERSION\t9"),  # unknown version
+    lambda text: text.replace(b"VERSION\t2", b"VERSION\t9"),  # unknown version
     lambda text: text.replace(b"\tqueued\t", b"\tbogus\t", 1),
     lambda text: b"\xff\xfe" + text,
-])
-def test_unreadable_envelope_goes_to_corrupt_never_deleted(spool: Spool, damage) -> None:
-    good = spool.commit(envelope(), DATA, recipients())
-    bad = spool.commit(envelope(), DATA, recipients())
-    path = os.path.join(spool.env_dir, bad.id)
+]
+
+
+def _damage(path: str, damage) -> bytes:
     with open(path, "rb") as handle:
         damaged = damage(handle.read())
     with open(path, "wb") as handle:
         handle.write(damaged)
+    return damaged
+
+
+def test_commit_is_one_file_and_the_state_file_comes_with_the_first_change(spool: Spool) -> None:
+    message = spool.commit(envelope(), DATA, recipients())
+    assert os.listdir(spool.msg_dir) == [message.id] and os.listdir(spool.env_dir) == []
+    with open(message.path, "rb") as handle:
+        assert handle.read() == render(message) + DATA
+    spool.save(message)
+    assert os.listdir(spool.env_dir) == [message.id]
+
+
+@pytest.mark.parametrize("damage", DAMAGE)
+def test_unreadable_message_goes_to_corrupt_never_deleted(spool: Spool, damage) -> None:
+    good = spool.commit(envelope(), DATA, recipients())
+    bad = spool.commit(envelope(), DATA, recipients())
+    spool.save(bad)
+    damaged = _damage(bad.path, damage)
     assert [m.id for m in spool.recover()] == [good.id]
     assert sorted(os.listdir(spool.corrupt_dir)) == [f"{bad.id}.env", f"{bad.id}.msg"]
-    with open(os.path.join(spool.corrupt_dir, f"{bad.id}.env"), "rb") as handle:
+    with open(os.path.join(spool.corrupt_dir, f"{bad.id}.msg"), "rb") as handle:
+        assert handle.read() == damaged
+
+
+def test_a_message_cut_short_is_unreadable(spool: Spool) -> None:
+    bad = spool.commit(envelope(), DATA, recipients())
+    _damage(bad.path, lambda text: text[:-3])
+    assert spool.recover() == []
+    assert os.listdir(spool.corrupt_dir) == [f"{bad.id}.msg"]
+
+
+@pytest.mark.parametrize("damage", DAMAGE)
+def test_unreadable_state_is_set_aside_and_the_message_retried_for_everyone(spool: Spool, damage) -> None:
+    message = spool.commit(envelope(), DATA, recipients())
+    message.recipients[0].status = DELIVERED
+    spool.save(message)
+    damaged = _damage(os.path.join(spool.env_dir, message.id), damage)
+    [again] = spool.recover()
+    assert again.id == message.id and again.read() == DATA
+    assert [r.status for r in again.recipients] == [QUEUED, QUEUED]  # twice rather than never
+    assert os.listdir(spool.corrupt_dir) == [f"{message.id}.env"]
+    with open(os.path.join(spool.corrupt_dir, f"{message.id}.env"), "rb") as handle:
         assert handle.read() == damaged
 
 
 def test_recover_cleans_partial_receptions_and_orphans(spool: Spool) -> None:
     kept = spool.commit(envelope(), DATA, recipients())
-    for name in ("x.msg.spool-part", "y.env.spool-part"):
-        with open(os.path.join(spool.tmp, name), "wb") as handle:
-            handle.write(b"partial")
+    spool.save(kept)
+    with open(os.path.join(spool.tmp, "x.spool-part"), "wb") as handle:
+        handle.write(b"partial")
     with open(os.path.join(spool.tmp, "someone-elses-file"), "wb") as handle:
         handle.write(b"keep me")
-    with open(os.path.join(spool.msg_dir, "0000-orphan"), "wb") as handle:
-        handle.write(DATA)  # crash between the two renames: never acknowledged
+    gone = spool.commit(envelope(), DATA, recipients())
+    spool.save(gone)
+    os.unlink(gone.path)  # a removal cut short: the state file of a finished message
     with open(os.path.join(spool.env_dir, f"{kept.id}.tmp.1.2"), "wb") as handle:
         handle.write(b"interrupted state update")
     assert [m.id for m in spool.recover()] == [kept.id]
     assert os.listdir(spool.tmp) == ["someone-elses-file"]
-    assert os.listdir(spool.corrupt_dir) == ["0000-orphan.msg"]
+    assert os.listdir(spool.corrupt_dir) == [f"{gone.id}.env"]
     assert os.listdir(spool.env_dir) == [kept.id]
 
 
@@ -110,6 +149,7 @@ def test_commit_failure_leaves_nothing_behind(spool: Spool, monkeypatch) -> None
 
 def test_remove_takes_both_files(spool: Spool) -> None:
     message = spool.commit(envelope(), DATA, recipients())
+    spool.save(message)
     spool.remove(message)
     assert os.listdir(spool.msg_dir) == [] and os.listdir(spool.env_dir) == []
 
@@ -123,8 +163,9 @@ def test_ids_are_unique_and_sort_by_time() -> None:
 
 def test_parse_requires_recipients_and_fields() -> None:
     with pytest.raises(SpoolError):
-        parse(b"VERSION\t1\nID\tx\nARRIVED\t1\nSENDER\t\nSIZE\t3\nEND\n", "/x")
-    assert parse(render(QueuedMessage("abc", envelope(), "/x", 3, recipients())), "/x").id == "abc"
+        parse(b"VERSION\t2\nID\tx\nARRIVED\t1\nSENDER\t\nSIZE\t3\nEND\n", "/x")
+    parsed = parse(render(QueuedMessage("abc", envelope(), "/x", 3, recipients())), "/x", 7)
+    assert (parsed.id, parsed.offset) == ("abc", 7)
 
 
 # ---- schedule: pure functions ----

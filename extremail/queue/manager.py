@@ -7,7 +7,7 @@ thread sleeps until the earliest retry, expiry or delayed-DSN time (at most
 
 An attempt (STYLE.md habit 6): the due recipients are re-routed with the current data
 (a local user may have gone, a domain may have become local), the attempt and the next
-retry time are recorded in the envelope *before* delivery (except on a first attempt,
+retry time are recorded in the state file *before* delivery (except on a first attempt,
 below), then each recipient goes
 LOCAL -> Maildir (:func:`extremail.delivery.deliver_local`), PIPE -> :mod:`extremail.pipe`,
 REMOTE -> ``ctx.transport.deliver(message, recipients) -> {address: Outcome}`` (which
@@ -17,13 +17,15 @@ nobody classified is temporary.  The transport need not send DSNs: this module s
 "failed" report when every recipient is final, and one "delayed" report after
 CFG_HOR_DELAY_DSN hours (:mod:`extremail.queue.schedule`), then removes the spool files.
 
-Envelope writes (two fsyncs each) are skipped where a crash would end the same way:
+State-file writes (two fsyncs each, :mod:`extremail.queue.spool`) are skipped where a
+crash would end the same way:
 
 * *Before the first attempt* of recipients still at ``attempts 0``: the envelope the
-  commit wrote already says "never tried, due now", which is what recovery needs to try
-  them again at once after a crash, as it does for a recorded attempt without a reply
-  (interrupted).  Only the attempt counter of a crashed first attempt is lost; a message
-  that crashes the server is retried at once either way.  Later attempts are recorded
+  commit wrote at the head of the message file already says "never tried, due now",
+  which is what recovery needs to try them again at once after a crash, as it does for
+  a recorded attempt without a reply (interrupted).  Only the attempt counter of a
+  crashed first attempt is lost; a message that crashes the server is retried at once
+  either way.  Later attempts are recorded
   first, as the habit says.
 * *After an attempt that made every recipient final* with nothing to report: the files
   are removed instead of being rewritten first; a crash before the removal delivers the

@@ -1,31 +1,35 @@
-"""The durable spool: one message file and one envelope/state file per queued message.
+"""The durable spool: one file per queued message, and a state file once its state changes.
 
 Layout under DIR_QUEUE_MBOX (STYLE.md habit 5, after Postfix ``mail_queue.c``)::
 
-    msg/<id>      the message, CRLF wire form, never changed once committed
-    env/<id>      the envelope and per-recipient state, text records, ends with ``END``
-    corrupt/      envelopes (and orphan messages) that could not be read: kept for inspection
+    msg/<id>      the envelope as it arrived (text records up to ``END``), then the
+                  message in CRLF wire form; never changed once committed
+    env/<id>      the envelope with the recipients' current state, written only once that
+                  state differs from the one in msg/<id> (an attempt that did not finish
+                  the message, a DSN sent); it supersedes the records in msg/<id>
+    corrupt/      files that could not be read: kept for inspection
 
-Commit protocol (DESIGN.md rule 1): both files are created exclusively in DIR_TMP, written
-and fsynced; the message is renamed into ``msg/``, then the envelope into ``env/`` (the
-commit point) and both directories are fsynced.  Only then may the SMTP session say 250.
-A crash before the envelope rename leaves at most an orphan message (never acknowledged)
-or leftovers in DIR_TMP; :meth:`Spool.recover` cleans DIR_TMP and moves orphans and
-unreadable envelopes to ``corrupt/``.  State updates rewrite the envelope atomically
-(temp file, fsync, rename, fsync dir), so it is always the old or the new version.
+Commit protocol (DESIGN.md rule 1): the file is created exclusively in DIR_TMP, written
+in one go and fsynced, renamed into ``msg/`` (the commit point) and the directory
+fsynced.  Only then may the SMTP session say 250.  One file, so a message costs one file
+fsync and one (shared, :func:`extremail.durable.sync_directory`) directory fsync.  A
+crash before the rename leaves at most leftovers in DIR_TMP, which :meth:`Spool.recover`
+removes.  State updates rewrite ``env/<id>`` atomically (temp file, fsync, rename, fsync
+dir), so it is always the old or the new version.
 
-Removal (every recipient final) unlinks the envelope, then the message, without fsyncing
-either directory: only a power failure (not ``kill -9``: the kernel keeps the unlinks)
-can bring a removed file back, and then the message is delivered again ("exactly once
-or more", DESIGN.md rule 1) or, if only one of its two files came back, set aside in
-``corrupt/`` by :meth:`Spool.recover` like any orphan.  Nothing queued is ever lost, since
-only a finished message is removed.  A relayed message thus costs four fsyncs (both
-files and both directories at commit) when its first attempt finishes it (see
-:mod:`extremail.queue.manager` for the attempts).
+Removal (every recipient final) unlinks the message, then its state file, without
+fsyncing either directory: only a power failure (not ``kill -9``: the kernel keeps the
+unlinks) can bring a removed file back, and then the message is delivered again
+("exactly once or more", DESIGN.md rule 1) or, if only the state file came back, that
+file is set aside in ``corrupt/`` by :meth:`Spool.recover`.  A state file that cannot be
+read is set aside too, and its message recovered from the envelope it arrived with:
+some recipients may get it twice, none loses it.  Nothing queued is ever lost, since
+only a finished message is removed.  A relayed message thus costs two fsyncs when its
+first attempt finishes it (see :mod:`extremail.queue.manager` for the attempts).
 
 Envelope records, one a line, fields separated by a tab::
 
-    VERSION 1 | ID id | ARRIVED epoch | SENDER addr | CLIENT ip | HELO name | AUTH user
+    VERSION 2 | ID id | ARRIVED epoch | SENDER addr | CLIENT ip | HELO name | AUTH user
     BODY 7BIT|8BITMIME | SIZE bytes | DELAYED 0|1 (delayed DSN sent) | DSN 0|1 (failed DSN sent)
     RCPT address original kind status attempts last_attempt next_attempt remote_mta reply
     END
@@ -53,7 +57,7 @@ LOG = log.get("spool")
 
 QUEUED, DELIVERED, FAILED = "queued", "delivered", "failed"
 STATUSES = (QUEUED, DELIVERED, FAILED)
-VERSION = "1"
+VERSION = "2"  # 2: envelope and message in one file
 TMP_SUFFIX = ".spool-part"  # our files in DIR_TMP; nothing else there is touched
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 _counter = itertools.count(1)
@@ -101,6 +105,7 @@ class QueuedMessage:
     path: str
     size: int
     recipients: list[Recipient]
+    offset: int = 0  # where the message starts in ``path``, after the envelope records
     delayed_dsn_sent: bool = False
     failed_dsn_sent: bool = False
     hold_until: float = 0.0  # in memory only: no try before this (after an error of our own)
@@ -108,6 +113,7 @@ class QueuedMessage:
     def read(self) -> bytes:
         """The message as received (CRLF wire form)."""
         with open(self.path, "rb") as handle:
+            handle.seek(self.offset)
             return handle.read()
 
     @property
@@ -149,8 +155,9 @@ def render(message: QueuedMessage) -> bytes:
     return ("\n".join(lines) + "\n").encode("utf-8")
 
 
-def parse(content: bytes, message_path: str) -> QueuedMessage:
-    """Read an envelope file; raise :class:`SpoolError` if it is not complete and valid."""
+def parse(content: bytes, message_path: str, offset: int = 0) -> QueuedMessage:
+    """Read envelope records (a state file, or the head of a message file whose message
+    starts at ``offset``); raise :class:`SpoolError` if they are not complete and valid."""
     try:
         text = content.decode("utf-8")
     except UnicodeDecodeError:
@@ -187,7 +194,7 @@ def parse(content: bytes, message_path: str) -> QueuedMessage:
                         client_ip=fields_.get("CLIENT", ""), helo=fields_.get("HELO", ""),
                         authenticated=fields_.get("AUTH", ""), arrived=arrived,
                         body_8bit=fields_.get("BODY") == "8BITMIME")
-    return QueuedMessage(fields_["ID"], envelope, message_path, size, recipients,
+    return QueuedMessage(fields_["ID"], envelope, message_path, size, recipients, offset,
                          delayed_dsn_sent=fields_.get("DELAYED") == "1",
                          failed_dsn_sent=fields_.get("DSN") == "1")
 
@@ -227,68 +234,97 @@ class Spool:
         queue_id = new_id(self.clock)
         message = QueuedMessage(queue_id, envelope, os.path.join(self.msg_dir, queue_id), len(data),
                                 recipients)
-        tmp_msg = os.path.join(self.tmp, f"{queue_id}.msg{TMP_SUFFIX}")
-        tmp_env = os.path.join(self.tmp, f"{queue_id}.env{TMP_SUFFIX}")
-        env_path = os.path.join(self.env_dir, queue_id)
-        renamed: list[str] = []
+        head = render(message)
+        message.offset = len(head)
+        tmp = os.path.join(self.tmp, f"{queue_id}{TMP_SUFFIX}")
         try:
-            write_new(tmp_msg, data)
-            write_new(tmp_env, render(message))
-            os.rename(tmp_msg, message.path)
-            renamed.append(message.path)
-            sync_directory(self.msg_dir)
-            os.rename(tmp_env, env_path)  # the commit point
-            renamed.append(env_path)
-            sync_directory(self.env_dir)
+            write_new(tmp, head + data)
+            os.rename(tmp, message.path)  # the commit point
         except BaseException:
-            for path in (tmp_msg, tmp_env, *renamed):
-                _unlink(path)
+            _unlink(tmp)
+            raise
+        try:
+            sync_directory(self.msg_dir)
+        except BaseException:
+            _unlink(message.path)  # never acknowledged: the client keeps it
             raise
         return message
 
     def save(self, message: QueuedMessage) -> None:
-        """Rewrite the envelope with the current state (atomically)."""
+        """Write the current state (atomically): it supersedes the envelope it arrived with."""
         atomic_write(os.path.join(self.env_dir, message.id), render(message))
 
     def remove(self, message: QueuedMessage) -> None:
-        """Forget a finished message, the envelope first; no fsync (module header): a file
+        """Forget a finished message, the message first; no fsync (module header): a file
         a power failure brings back means a second delivery or a file set aside."""
-        _unlink(os.path.join(self.env_dir, message.id))
         _unlink(message.path)
+        _unlink(os.path.join(self.env_dir, message.id))
 
     # ---- recovery ----
     def recover(self) -> list[QueuedMessage]:
-        """At start: clean DIR_TMP, load every committed message (oldest first), move
-        unreadable envelopes and orphan messages to corrupt/."""
+        """At start: clean DIR_TMP, load every committed message (oldest first) with its
+        latest state, set aside what cannot be read and state files without a message."""
         self.ensure()
         for name in os.listdir(self.tmp):
             if name.endswith(TMP_SUFFIX):
                 _unlink(os.path.join(self.tmp, name))
                 LOG.info("spool: removed partial file %s from %s", name, self.tmp)
+        states = set()
+        for name in os.listdir(self.env_dir):
+            if ".tmp." in name:  # an interrupted state update: the old state is still there
+                _unlink(os.path.join(self.env_dir, name))
+            else:
+                states.add(name)
         messages = []
-        envelopes = set()
-        for name in sorted(os.listdir(self.env_dir)):
-            path = os.path.join(self.env_dir, name)
-            if ".tmp." in name:  # an interrupted state update: the old envelope is still there
-                _unlink(path)
-                continue
+        for name in sorted(os.listdir(self.msg_dir)):
+            path = os.path.join(self.msg_dir, name)
             try:
-                with open(path, "rb") as handle:
-                    message = parse(handle.read(), os.path.join(self.msg_dir, name))
-                if message.id != name or not os.path.exists(message.path):
-                    raise SpoolError("message file missing" if message.id == name else "id mismatch")
+                message = self._load(name, path)
             except (SpoolError, OSError) as exc:
-                LOG.error("spool: envelope %s unreadable (%s): moved to %s", name, exc, self.corrupt_dir)
-                self._set_aside(path, f"{name}.env")
+                LOG.error("spool: message %s unreadable (%s): moved to %s", name, exc, self.corrupt_dir)
+                self._set_aside(path, f"{name}.msg")
                 continue
-            envelopes.add(name)
+            if name in states:
+                states.discard(name)
+                message = self._latest_state(message)
             messages.append(message)
-        for name in os.listdir(self.msg_dir):
-            if name not in envelopes:
-                LOG.warning("spool: message %s has no readable envelope: moved to %s",
-                            name, self.corrupt_dir)
-                self._set_aside(os.path.join(self.msg_dir, name), f"{name}.msg")
+        for name in states:
+            LOG.warning("spool: state file %s has no message: moved to %s", name, self.corrupt_dir)
+            self._set_aside(os.path.join(self.env_dir, name), f"{name}.env")
         return messages
+
+    def _load(self, name: str, path: str) -> QueuedMessage:
+        """A message file's envelope records, checked against its name and length."""
+        with open(path, "rb") as handle:
+            head = b""
+            while (end := head.find(b"\nEND\n")) < 0:
+                chunk = handle.read(65536)
+                if not chunk:
+                    raise SpoolError("no END record (truncated)")
+                head += chunk
+            length = os.fstat(handle.fileno()).st_size
+        message = parse(head[:end + 5], path, end + 5)
+        if message.id != name:
+            raise SpoolError("id mismatch")
+        if length != message.offset + message.size:
+            raise SpoolError(f"{length - message.offset} bytes of message, {message.size} expected")
+        return message
+
+    def _latest_state(self, message: QueuedMessage) -> QueuedMessage:
+        """``message`` with the state of its state file; the state it arrived with when that
+        file cannot be read (set aside: a recipient may then get the message twice)."""
+        path = os.path.join(self.env_dir, message.id)
+        try:
+            with open(path, "rb") as handle:
+                latest = parse(handle.read(), message.path, message.offset)
+            if latest.id != message.id:
+                raise SpoolError("id mismatch")
+        except (SpoolError, OSError) as exc:
+            LOG.error("spool: state of %s unreadable (%s): moved to %s; the message is retried "
+                      "for every recipient", message.id, exc, self.corrupt_dir)
+            self._set_aside(path, f"{message.id}.env")
+            return message
+        return latest
 
     def _set_aside(self, path: str, name: str) -> None:
         target = os.path.join(self.corrupt_dir, name)
