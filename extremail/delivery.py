@@ -28,6 +28,7 @@ import dataclasses
 from typing import Any
 
 from . import dsn, footer, log, reply, routing
+from .durable import sync_directories
 from .envelope import Envelope
 from .mailbox import Maildir
 from .net.lineio import to_lf
@@ -100,25 +101,38 @@ def deliver_local(ctx: Any, sender: str, content: bytes, targets: list[Target],
             ready.append(target)
     first = ""
     single = ready[0].address if len(ready) == 1 else None
+    written: dict[str, str] = {}  # target address -> its Maildir's new/, fsynced below
     for target in ready:
         assert target.user is not None
         maildir = _maildir(ctx, target.user)
         try:
             if not first:
-                first = maildir.deliver(to_lf(trace_headers(sender, single) + content))
+                first = maildir.deliver(to_lf(trace_headers(sender, single) + content), sync=False)
             else:
-                maildir.link(first)
+                maildir.link(first, sync=False)
         except OSError as exc:
-            outcomes[target.address] = Outcome(
-                "deferred", f"{reply.DISK_FULL.code} {reply.DISK_FULL.enhanced} Mailbox not "
-                f"writable: {exc.strerror or exc}")
+            outcomes[target.address] = _not_writable(exc)
         else:
-            outcomes[target.address] = Outcome("delivered", "250 2.0.0 Delivered to mailbox")
+            written[target.address] = maildir.new_dir
+    try:
+        # Every new/ at once: the links are all made, so fsyncs of concurrent deliveries
+        # into the same Maildirs cover them too.
+        sync_directories(list(written.values()))
+    except OSError as exc:
+        outcomes.update({address: _not_writable(exc) for address in written})
+    else:
+        outcomes.update({address: Outcome("delivered", "250 2.0.0 Delivered to mailbox")
+                         for address in written})
     for target in targets:
         outcome = outcomes[target.address]
         LOG.info("deliver %s from=<%s> to=<%s> orig=<%s> relay=local status=%s (%s)", queue_id or "-",
                  sender, target.address, target.original, outcome.status, outcome.reply)
     return outcomes
+
+
+def _not_writable(exc: OSError) -> Outcome:
+    return Outcome("deferred", f"{reply.DISK_FULL.code} {reply.DISK_FULL.enhanced} Mailbox not "
+                               f"writable: {exc.strerror or exc}")
 
 
 def expand_all(ctx: Any, envelope: Envelope) -> list[Target]:

@@ -27,7 +27,9 @@ class _GroupSync:
     N were taken makes all of those renames durable, so a caller whose ticket is covered
     by a completed fsync returns at once, and one that arrives while an fsync runs waits
     for the next one instead of queueing its own: 20 sessions delivering into one Maildir
-    share a few fsyncs instead of making 20.
+    share a few fsyncs instead of making 20.  A caller with renames in several directories
+    takes all its tickets first and fsyncs whichever of them nobody else is fsyncing, so
+    while it fsyncs one, fsyncs that others started in the rest cover it too.
     """
 
     def __init__(self) -> None:
@@ -36,18 +38,28 @@ class _GroupSync:
         self.done: dict[str, int] = {}
         self.running: set[str] = set()
 
-    def sync(self, path: str) -> None:
+    def sync(self, paths: list[str]) -> None:
         with self.cond:
-            ticket = self.tickets[path] = self.tickets.get(path, 0) + 1
-            # A directory forgotten meanwhile was forgotten because every ticket was covered.
-            while path in self.tickets and self.done.get(path, 0) < ticket:
-                if path not in self.running:
-                    self.running.add(path)
-                    covers = self.tickets[path]
-                    break
-                self.cond.wait()
-            else:
-                return
+            pending = {}
+            for path in dict.fromkeys(paths):
+                pending[path] = self.tickets[path] = self.tickets.get(path, 0) + 1
+        while True:
+            with self.cond:
+                while True:
+                    # A directory forgotten meanwhile was forgotten because every ticket was covered.
+                    pending = {path: ticket for path, ticket in pending.items()
+                               if path in self.tickets and self.done.get(path, 0) < ticket}
+                    if not pending:
+                        return
+                    path = next((p for p in pending if p not in self.running), "")
+                    if path:  # nobody fsyncs this one now: do it, and wait for the others after
+                        self.running.add(path)
+                        covers = self.tickets[path]
+                        break
+                    self.cond.wait()
+            self._fsync(path, covers)
+
+    def _fsync(self, path: str, covers: int) -> None:
         synced = False
         try:
             fsync_directory(path)
@@ -65,9 +77,15 @@ class _GroupSync:
 _group = _GroupSync()
 
 
+def sync_directories(paths: list[str]) -> None:
+    """fsync every directory in ``paths`` after renames into them, sharing the fsyncs with
+    concurrent callers."""
+    _group.sync(paths)
+
+
 def sync_directory(path: str) -> None:
     """fsync ``path`` after a rename into it, sharing the fsync with concurrent callers."""
-    _group.sync(path)
+    _group.sync([path])
 
 
 def write_new(path: str, data: bytes, mode: int = 0o600) -> None:

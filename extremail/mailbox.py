@@ -106,8 +106,14 @@ class Maildir:
             os.rmdir(building)
         fsync_directory(parent)
 
-    def deliver(self, data: bytes) -> str:
+    @property
+    def new_dir(self) -> str:
+        return os.path.join(self.path, "new")
+
+    def deliver(self, data: bytes, sync: bool = True) -> str:
         """Store ``data`` (LF line ends) as a new message; returns its path in new/.
+        ``sync=False`` leaves the fsync of new/ to the caller
+        (:func:`extremail.delivery.deliver_local` syncs all its Maildirs at once).
 
         Raises OSError (ENOSPC, EDQUOT, ...) with nothing left behind in new/.
         """
@@ -118,24 +124,25 @@ class Maildir:
         except FileNotFoundError:
             self.ensure()
             write_new(tmp, data)
-        final = os.path.join(self.path, "new", name)
+        final = os.path.join(self.new_dir, name)
         try:
             os.rename(tmp, final)
-            sync_directory(os.path.join(self.path, "new"))
+            if sync:
+                sync_directory(self.new_dir)
         except BaseException:
             _unlink_quietly(tmp)
             raise
         return final
 
-    def link(self, source: str) -> str:
+    def link(self, source: str, sync: bool = True) -> str:
         """Deliver a copy of an already-delivered message file (a hard link when the
         file system allows, so several local recipients cost one write)."""
         size, vsize = parse_sizes(os.path.basename(source))
         if size is None or vsize is None:
             with open(source, "rb") as handle:
-                return self.deliver(handle.read())
+                return self.deliver(handle.read(), sync)
         name = unique_name(size, vsize)
-        final = os.path.join(self.path, "new", name)
+        final = os.path.join(self.new_dir, name)
         try:
             try:
                 os.link(source, final)
@@ -146,8 +153,9 @@ class Maildir:
             if exc.errno not in (errno.EXDEV, errno.EPERM, errno.EMLINK, errno.ENOTSUP):
                 raise
             with open(source, "rb") as handle:
-                return self.deliver(handle.read())
-        sync_directory(os.path.join(self.path, "new"))
+                return self.deliver(handle.read(), sync)
+        if sync:
+            sync_directory(self.new_dir)
         return final
 
     def scan(self) -> list[Entry]:

@@ -61,3 +61,43 @@ def test_a_failed_fsync_is_not_taken_for_a_durable_one(monkeypatch, tmp_path) ->
         raise AssertionError("the error must reach the caller")
     durable.sync_directory(str(tmp_path))  # must fsync again, not trust the failed one
     assert len(calls) == 2
+
+
+def test_several_directories_at_once_are_each_covered_and_shared(monkeypatch, tmp_path) -> None:
+    dirs = [str(tmp_path / f"box{index}") for index in range(5)]
+    lock = threading.Lock()
+    renamed = dict.fromkeys(dirs, 0)
+    durable_upto = dict.fromkeys(dirs, 0)
+    fsyncs: list[str] = []
+
+    def slow_fsync(path: str) -> None:
+        with lock:
+            seen = renamed[path]
+            fsyncs.append(path)
+        time.sleep(0.002)
+        with lock:
+            durable_upto[path] = max(durable_upto[path], seen)
+
+    monkeypatch.setattr(durable, "fsync_directory", slow_fsync)
+    failures = []
+
+    def writer() -> None:
+        for _ in range(20):
+            with lock:
+                mine = {}
+                for path in dirs:
+                    renamed[path] += 1
+                    mine[path] = renamed[path]
+            durable.sync_directories([*dirs, dirs[0]])  # a repeated directory is one ticket
+            with lock:
+                failures.extend(p for p in dirs if durable_upto[p] < mine[p])
+
+    threads = [threading.Thread(target=writer) for _ in range(10)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(30)
+    assert not failures, failures[:5]
+    assert sum(renamed.values()) == 10 * 20 * 5
+    assert len(fsyncs) < 10 * 20 * 5 / 2  # shared across writers and directories
+    assert set(fsyncs) == set(dirs)
