@@ -27,7 +27,7 @@ class Transport:
         self.statuses: list[str] = []
         self.during = lambda: None
 
-    def deliver(self, message, addresses):
+    def deliver(self, message, addresses, data):
         self.during()
         status = self.statuses.pop(0)
         return {a: Outcome(status, "250 ok" if status == "delivered" else "451 later")

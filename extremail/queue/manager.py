@@ -10,7 +10,7 @@ An attempt (STYLE.md habit 6): the due recipients are re-routed with the current
 retry time are recorded in the state file *before* delivery (except on a first attempt,
 below), then each recipient goes
 LOCAL -> Maildir (:func:`extremail.delivery.deliver_local`), PIPE -> :mod:`extremail.pipe`,
-REMOTE -> ``ctx.transport.deliver(message, recipients) -> {address: Outcome}`` (which
+REMOTE -> ``ctx.transport.deliver(message, recipients, data) -> {address: Outcome}`` (which
 groups them by domain, up to CFG_NUM_DELIVERY at once).  Without a transport, remote
 recipients wait (logged once).  A recipient marked delivered is never sent again; an error
 nobody classified is temporary.  The transport need not send DSNs: this module sends one
@@ -281,15 +281,16 @@ class QueueManager:
             outcomes[r.address] = outcome
         remote = [r for r in due if r.kind == REMOTE]
         if remote:
-            outcomes.update(self._deliver_remote(message, remote))
+            outcomes.update(self._deliver_remote(message, remote, data))
         return outcomes
 
-    def _deliver_remote(self, message: QueuedMessage, remote: list[Recipient]) -> dict[str, Outcome]:
+    def _deliver_remote(self, message: QueuedMessage, remote: list[Recipient],
+                        data: bytes) -> dict[str, Outcome]:
         """One transport call for every due remote recipient (the transport groups them by
         domain and runs up to CFG_NUM_DELIVERY domains at once)."""
         addresses = [r.address for r in remote]
         try:
-            return self._transport().deliver(message, addresses)
+            return self._transport().deliver(message, addresses, data)
         except Exception as exc:  # an error nobody classified is temporary
             LOG.exception("queue %s: transport error", message.id)
             return {a: Outcome("deferred", f"451 4.4.0 Transport error: {exc}") for a in addresses}

@@ -1,7 +1,7 @@
 """The remote transport: deliver one queued message to its remote recipients by MX (or
 through CFG_SMART_HOST) and say what happened to each.
 
-``deliver(message, recipients) -> {recipient: Outcome}`` is what the queue manager calls.
+``deliver(message, recipients, data) -> {recipient: Outcome}`` is what the queue manager calls.
 Recipients are grouped by domain (all in one group through a smart host); up to
 CFG_NUM_DELIVERY domains of one message are delivered at once, one thread each.  For one domain:
 
@@ -74,12 +74,15 @@ class RemoteTransport:
         self.resolver = resolver
         self.client = client or Client(self.cfg.hostname, float(self.cfg.TIMEOUT_SOCK))
 
-    def deliver(self, message: QueuedMessage, recipients: list[str]) -> dict[str, Outcome]:
+    def deliver(self, message: QueuedMessage, recipients: list[str],
+                data: bytes | None = None) -> dict[str, Outcome]:
+        """``data``: the message as the queue has just read it (else read here)."""
         groups: dict[str, list[str]] = {}
         for rcpt in recipients:  # through a smart host, all of them in one transaction
             key = "smart host" if self.cfg.CFG_SMART_HOST else domain_of(rcpt)
             groups.setdefault(key, []).append(rcpt)
-        data = message.read()
+        if data is None:
+            data = message.read()
         results: dict[str, Outcome] = {}
         if len(groups) == 1:
             results.update(self.deliver_domain(message, *next(iter(groups.items())), data))
