@@ -9,6 +9,15 @@ import time
 from extremail import durable
 
 
+def run_together(target, count: int) -> None:
+    """``count`` threads running ``target`` at once, joined."""
+    threads = [threading.Thread(target=target) for _ in range(count)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(30)
+
+
 def test_shared_directory_fsync_covers_every_caller(monkeypatch, tmp_path) -> None:
     lock = threading.Lock()
     state = {"renamed": 0, "durable": 0, "fsyncs": 0}
@@ -34,11 +43,7 @@ def test_shared_directory_fsync_covers_every_caller(monkeypatch, tmp_path) -> No
                 if state["durable"] < mine:
                     failures.append((mine, state["durable"]))
 
-    threads = [threading.Thread(target=writer) for _ in range(10)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(30)
+    run_together(writer, 10)
     assert not failures, failures[:5]
     assert state["renamed"] == 200
     assert state["fsyncs"] < 200  # shared, not one each
@@ -92,11 +97,7 @@ def test_several_directories_at_once_are_each_covered_and_shared(monkeypatch, tm
             with lock:
                 failures.extend(p for p in dirs if durable_upto[p] < mine[p])
 
-    threads = [threading.Thread(target=writer) for _ in range(10)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(30)
+    run_together(writer, 10)
     assert not failures, failures[:5]
     assert sum(renamed.values()) == 10 * 20 * 5
     assert len(fsyncs) < 10 * 20 * 5 / 2  # shared across writers and directories
