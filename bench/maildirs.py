@@ -13,6 +13,8 @@ import os
 import socket
 import time
 
+from extremail.durable import fsync_directory
+
 _serial = itertools.count(1)
 HOST = socket.gethostname().replace("/", "_").replace(":", "_") or "localhost"
 
@@ -22,14 +24,6 @@ def make(path: str) -> str:
     for sub in ("tmp", "new", "cur"):
         os.makedirs(os.path.join(path, sub), exist_ok=True)
     return path
-
-
-def _fsync_dir(path: str) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def unique_name() -> str:
@@ -55,10 +49,10 @@ def deliver(maildirs: list[str], data: bytes, durable: bool = True) -> None:
     for maildir in maildirs[1:]:
         os.link(first, os.path.join(maildir, "new", name))
         if durable:
-            _fsync_dir(os.path.join(maildir, "new"))
+            fsync_directory(os.path.join(maildir, "new"))
     os.rename(first, os.path.join(maildirs[0], "new", name))
     if durable:
-        _fsync_dir(os.path.join(maildirs[0], "new"))
+        fsync_directory(os.path.join(maildirs[0], "new"))
 
 
 def count(maildirs: list[str]) -> int:
