@@ -56,6 +56,7 @@ class Context:
     relay: RelayTable = field(default_factory=RelayTable)
     throttle: auth.Throttle = field(default_factory=auth.Throttle)
     server: Any = None
+    loop: Any = None  # the event loop serving sessions between commands (services.py)
     listeners: list[Listener] = field(default_factory=list)
 
     def active_threads(self) -> int:

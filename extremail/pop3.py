@@ -22,13 +22,13 @@ from __future__ import annotations
 
 import base64
 import binascii
-from typing import Any
+from typing import Any, BinaryIO
 
 from . import VERSION, log, login, reply
 from .mailbox import Maildir
 from .net.lineio import LineTooLong
-from .pop3_mailbox import (LOCKS, Maildrop, NoSuchMessage, locate, retr_chunks, top_text,
-                           unique_id)
+from .pop3_mailbox import (LOCKS, Maildrop, NoSuchMessage, open_message, retr_chunks,
+                           top_text, unique_id)
 from .reply import Disconnect, Refusal, Reply
 from .session import Session
 
@@ -102,6 +102,15 @@ class POP3Session(Session):
 
     def finish(self) -> None:
         self._unlock()
+
+    def loop_ready(self) -> bool:
+        """TRANSACTION commands only read the mailbox: the event loop serves them, so
+        many sessions retrieving at once do not contend for the GIL."""
+        return self.state == "transaction"
+
+    def loop_command(self, line: bytes) -> bool:
+        """QUIT's UPDATE removes files and syncs directories: a thread of its own."""
+        return line.split(b" ", 1)[0].strip().upper() != b"QUIT"
 
     def _unlock(self) -> None:
         if self.maildir_path:
@@ -225,26 +234,25 @@ class POP3Session(Session):
         self.send_listing(f"{count} messages ({octets} octets)",
                           [line(n, entry) for n, entry in self.drop.live()])
 
-    def message_path(self, number: int) -> str:
-        """Where message ``number`` is now (another reader may have renamed it)."""
-        entry = self.drop.get(number)
-        path = locate(entry)
-        if path is None:
+    def message_file(self, number: int) -> BinaryIO:
+        """Message ``number`` opened where it is now (another reader may have renamed it);
+        :class:`OSError` when it cannot be read."""
+        handle = open_message(self.drop.get(number))
+        if handle is None:
             raise Refusal(_err(f"Message {number} was removed by another client"))
-        return path
+        return handle
 
     def do_retr(self, arg: str) -> None:
         number = self.one_message(arg)
         entry = self.drop.get(number)
         try:
-            chunks = retr_chunks(self.message_path(number))
+            chunks = retr_chunks(self.message_file(number), entry.size)
             first = next(chunks)
         except OSError as exc:
             self.log.error("%s: cannot read message %s: %s", self.describe(), entry.uid, exc)
             raise Refusal(MAILBOX_TROUBLE) from None
         self.send_raw(f"+OK {entry.vsize} octets\r\n".encode("ascii") + first)
-        for chunk in chunks:
-            self.send_raw(chunk)
+        self.io.write_chunks(chunks)
         self.drop.retrieved.add(number)
 
     def do_top(self, arg: str) -> None:
@@ -253,7 +261,7 @@ class POP3Session(Session):
             raise Refusal(BAD_ARGUMENTS)
         entry = self.drop.get(number)
         try:
-            text = top_text(self.message_path(number), int(rest[0]))
+            text = top_text(self.message_file(number), int(rest[0]))
         except OSError as exc:
             self.log.error("%s: cannot read message %s: %s", self.describe(), entry.uid, exc)
             raise Refusal(MAILBOX_TROUBLE) from None

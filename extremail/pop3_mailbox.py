@@ -22,6 +22,7 @@ import os
 import re
 import threading
 from collections.abc import Iterator
+from typing import BinaryIO
 
 from .mailbox import Entry
 from .net.lineio import dot_stuff, to_crlf
@@ -172,35 +173,48 @@ def seen_path(path: str) -> str:
     return os.path.join(maildir, "cur", f"{base}:2,{''.join(sorted(flags))}")
 
 
-def retr_chunks(path: str) -> Iterator[bytes]:
-    """The whole message as wire data ending in the ``.`` line, in pieces of about
-    :data:`CHUNK` bytes, each cut after a line end so dot-stuffing sees line starts.
+def open_message(entry: Entry) -> BinaryIO | None:
+    """Message ``entry`` opened where it is now (None once another reader removed it):
+    its snapshot path first, without a stat; :func:`locate` only when that fails."""
+    try:
+        return open(entry.path, "rb", buffering=0)
+    except FileNotFoundError:
+        path = locate(entry)
+    return None if path is None else open(path, "rb", buffering=0)
+
+
+def retr_chunks(handle: BinaryIO, size: int = CHUNK) -> Iterator[bytes]:
+    """The whole message in ``handle`` (closed at the end) as wire data ending in the
+    ``.`` line, in pieces of at most :data:`CHUNK` bytes, each cut after a line end so
+    dot-stuffing sees line starts.  ``size`` (the file's size as listed) only sets how
+    much each read asks for: small messages take one read plus the one that sees EOF.
 
     The end mark travels in the last piece, so a message under :data:`CHUNK` is one
     piece (one write with its status line): a ``.`` line written on its own would wait
     for the client's delayed ACK (Nagle), about 40 ms per RETR.
     """
-    with open(path, "rb", buffering=0) as handle:
+    piece = min(CHUNK, max(size + 1, 65536))
+    with handle:
         carry = b""
-        block = handle.read(CHUNK)
+        block = handle.read(piece)
         while True:
-            following = handle.read(CHUNK) if block else b""
+            following = handle.read(piece) if block else b""
             data = carry + block
             if not following:
                 yield wire(data)
                 return
             cut = data.rfind(b"\n") + 1
-            carry = data[cut:]  # cut == 0: one line longer than CHUNK, read on to its end
+            carry = data[cut:]  # cut == 0: one line longer than a piece, read on to its end
             if cut:
                 # ``data[:cut]`` ends in a line end, so dot_stuff adds only the end mark.
                 yield dot_stuff(to_crlf(data[:cut]))[:-len(END_MARK)]
             block = following
 
 
-def top_text(path: str, lines: int) -> bytes:
+def top_text(handle: BinaryIO, lines: int) -> bytes:
     """RFC 1939 TOP: the header, the blank line, then ``lines`` lines of the body."""
     out = []
-    with open(path, "rb") as handle:
+    with handle:
         in_header = True
         for line in handle:
             if in_header:

@@ -48,8 +48,17 @@ SERVICES: list[Service] = [
 def build_components(server: Any) -> None:
     """Create the shared background components (queue, caches) and hand them to the server."""
     server.ctx.relay.configure(server.cfg.CFG_RELY_TIMEOUT)
+    _event_loop(server)
     _outbound(server)
     _queue(server)
+
+
+def _event_loop(server: Any) -> None:
+    """The loop that serves POP3 sessions after their login (``ctx.loop``).  Added first
+    so it stops last, after the stop has ended every session."""
+    from .net.eventloop import EventLoop
+    server.ctx.loop = EventLoop()
+    server.add_component(server.ctx.loop)
 
 
 def _outbound(server: Any) -> None:

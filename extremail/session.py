@@ -32,7 +32,8 @@ Handler = Callable[[Any, str], None]
 
 
 class Session:
-    """One connection of one protocol, served by one worker thread."""
+    """One connection of one protocol, served by one worker thread, or between commands
+    that never block for long by the event loop (:meth:`loop_ready`)."""
 
     protocol = "base"
     max_line = 512
@@ -65,6 +66,9 @@ class Session:
         self._interrupted = False
         self._idle_lock = threading.Lock()
         self.log = log.get(self.protocol)
+        self.ident = 0
+        # Called once the session has ended: the listener counts one connection fewer.
+        self.on_end: Callable[[], None] = lambda: None
 
     # ---- hooks ----
     def greet(self) -> bool:
@@ -93,47 +97,99 @@ class Session:
 
     # ---- the loop ----
     def run(self) -> None:
-        ident = self.ctx.registry.add(self)
+        """Serve the connection from its worker thread: greet, then commands until the
+        session ends or moves to the event loop."""
+        self.ident = self.ctx.registry.add(self)
         self.log.info("connect from %s", self.describe())
+        self._serve(greet=True)
+
+    def resume(self) -> None:
+        """Go on serving on this new thread: the event loop handed the session back
+        because its next command may block."""
+        self._serve(greet=False)
+
+    def _serve(self, greet: bool) -> None:
+        moved = False
         try:
-            if self.greet():
-                self._loop()
+            if not greet or self.greet():
+                moved = self._loop()
         except (Closed, Timeout):
             pass
         finally:
-            self.ctx.registry.remove(ident)
-            try:
-                self.finish()
-            finally:
-                self.io.close()
-                self.log.info("disconnect %s after %.1fs (in %d bytes, out %d bytes)",
-                              self.describe(), time.time() - self.started,
-                              self.io.bytes_in, self.io.bytes_out)
+            if not moved:
+                self.end()
 
-    def _loop(self) -> None:
+    def end(self) -> None:
+        """The one way a session ends, on its thread or in the event loop."""
+        self.ctx.registry.remove(self.ident)
+        try:
+            self.finish()
+        finally:
+            self.io.close()
+            self.log.info("disconnect %s after %.1fs (in %d bytes, out %d bytes)",
+                          self.describe(), time.time() - self.started,
+                          self.io.bytes_in, self.io.bytes_out)
+            self.on_end()
+
+    def _loop(self) -> bool:
+        """Commands until the session ends (False) or the event loop adopts it (True)."""
         while not self.done:
             with self._idle_lock:
                 if self.ctx.stopping.is_set():
                     self.send(self.SHUTTING_DOWN)
-                    return
+                    return False
                 self.idle = True
             try:
                 self.io.settimeout(self.timeout())
                 line = self.io.readline(self.max_line)
             except LineTooLong:
                 self.idle = False
-                self.protocol_error(self.LINE_TOO_LONG)
+                self.line_too_long()
                 continue
             except Timeout:
-                self.log.info("timeout %s in state %s", self.describe(), self.state)
-                self.send(self.TIMEOUT)
-                return
+                self.timed_out()
+                return False
             except Closed:
-                if self._interrupted:
-                    self.send(self.SHUTTING_DOWN)
-                return
+                self.peer_closed()
+                return False
             self.idle = False
             self.dispatch(line)
+            if not self.done and self.ctx.loop is not None and self.loop_ready():
+                self.ctx.loop.adopt(self)
+                return True
+        return False
+
+    # ---- what the thread's loop above and the event loop share ----
+    def loop_ready(self) -> bool:
+        """True when the commands that may follow never block for long, so the event
+        loop (:mod:`extremail.net.eventloop`) can serve them."""
+        return False
+
+    def loop_command(self, line: bytes) -> bool:
+        """False for a command line the event loop must hand back to a thread."""
+        return True
+
+    def begin_command(self) -> bool:
+        """Mark the session busy; False (after saying goodbye) when the server stops."""
+        with self._idle_lock:
+            if self.ctx.stopping.is_set():
+                self.send(self.SHUTTING_DOWN)
+                self.done = True
+                return False
+            self.idle = False
+        return True
+
+    def line_too_long(self) -> None:
+        self.protocol_error(self.LINE_TOO_LONG)
+
+    def timed_out(self) -> None:
+        self.log.info("timeout %s in state %s", self.describe(), self.state)
+        self.send(self.TIMEOUT)
+
+    def peer_closed(self) -> None:
+        """The connection's input ended: the client left, or the server's stop woke us."""
+        if self._interrupted:
+            self.send(self.SHUTTING_DOWN)
 
     def dispatch(self, line: bytes) -> None:
         text = line.decode("utf-8", "surrogateescape")

@@ -311,9 +311,9 @@ def test_second_session_gets_in_use_until_the_first_ends(server):
     wait_until(lambda: _can_log_in(server), 10, "the lock to be released")
 
 
-def _can_log_in(server) -> bool:
+def _can_log_in(server, login: str = "mick@acme.test", password: str = "secret") -> bool:
     try:
-        pop(server).quit()
+        pop(server, login, password).quit()
         return True
     except poplib.error_proto:
         return False

@@ -9,6 +9,7 @@ import os
 import threading
 import time
 from types import SimpleNamespace
+from typing import BinaryIO
 
 import pytest
 
@@ -180,13 +181,18 @@ def test_unique_ids_fit_rfc_1939():
         assert uid == pop3_mailbox.unique_id(odd) and len(uid) == 40 and uid.isalnum()
 
 
+def _file(path) -> BinaryIO:
+    """The message file opened as POP3 opens it (the reader closes it)."""
+    return open(path, "rb", buffering=0)
+
+
 def _wire(tmp_path, data: bytes, chunk: int | None = None) -> bytes:
     path = tmp_path / "msg"
     path.write_bytes(data)
     if chunk is not None:
         pop3_mailbox.CHUNK = chunk
     try:
-        return b"".join(retr_chunks(str(path)))
+        return b"".join(retr_chunks(_file(path)))
     finally:
         pop3_mailbox.CHUNK = 1 << 20
 
@@ -207,10 +213,10 @@ def test_retr_chunks_carry_the_end_mark_in_the_last_piece(tmp_path):
     """One write per RETR: a lone ``.`` segment would wait for the client's delayed ACK."""
     path = tmp_path / "msg"
     path.write_bytes(b"Subject: x\n\nbody\n")
-    assert list(retr_chunks(str(path))) == [b"Subject: x\r\n\r\nbody\r\n.\r\n"]
+    assert list(retr_chunks(_file(path))) == [b"Subject: x\r\n\r\nbody\r\n.\r\n"]
     pop3_mailbox.CHUNK = 8
     try:
-        pieces = list(retr_chunks(str(path)))
+        pieces = list(retr_chunks(_file(path)))
     finally:
         pop3_mailbox.CHUNK = 1 << 20
     assert len(pieces) > 1 and pieces[-1] != b".\r\n" and pieces[-1].endswith(b"\r\n.\r\n")
@@ -219,8 +225,8 @@ def test_retr_chunks_carry_the_end_mark_in_the_last_piece(tmp_path):
 def test_top_text(tmp_path):
     path = tmp_path / "msg"
     path.write_bytes(b"A: 1\nB: 2\n\n.one\ntwo\nthree\n")
-    assert top_text(str(path), 0) == b"A: 1\r\nB: 2\r\n\r\n.\r\n"
-    assert top_text(str(path), 2) == b"A: 1\r\nB: 2\r\n\r\n..one\r\ntwo\r\n.\r\n"
-    assert top_text(str(path), 9) == b"A: 1\r\nB: 2\r\n\r\n..one\r\ntwo\r\nthree\r\n.\r\n"
+    assert top_text(_file(path), 0) == b"A: 1\r\nB: 2\r\n\r\n.\r\n"
+    assert top_text(_file(path), 2) == b"A: 1\r\nB: 2\r\n\r\n..one\r\ntwo\r\n.\r\n"
+    assert top_text(_file(path), 9) == b"A: 1\r\nB: 2\r\n\r\n..one\r\ntwo\r\nthree\r\n.\r\n"
     path.write_bytes(b"A: 1\nno body")
-    assert top_text(str(path), 1) == b"A: 1\r\nno body\r\n.\r\n"
+    assert top_text(_file(path), 1) == b"A: 1\r\nno body\r\n.\r\n"

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import socket
 import ssl
+from collections.abc import Iterable
 
 CRLF = b"\r\n"
 END_OF_DATA = b"\r\n.\r\n"
@@ -147,6 +148,11 @@ class LineIO:
         except OSError as exc:
             raise Closed(str(exc)) from None
         self.bytes_out += len(data)
+
+    def write_chunks(self, chunks: Iterable[bytes]) -> None:
+        """Write each chunk in turn (a long message is never whole in memory)."""
+        for chunk in chunks:
+            self.write(chunk)
 
     # ---- TLS ----
     def starttls(self, context: ssl.SSLContext, server_side: bool = True,

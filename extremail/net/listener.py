@@ -2,7 +2,8 @@
 
 A listener accepts until it is stopped, hands each connection to a new worker thread
 running a session, and refuses connections beyond CFG_MAX_CONN with the protocol's busy
-line.  An exception escaping a session is logged with its traceback; it ends that
+line.  A session may move to the event loop and back (:mod:`.eventloop`); it counts as
+live until its ``end()``.  An exception escaping a session is logged with its traceback; it ends that
 session only.
 
 Attack surface: every remote connection; the bound on live sessions is here.
@@ -129,21 +130,27 @@ class Listener(threading.Thread):
             conn.close()
 
     def _serve(self, conn: socket.socket, peer: tuple[str, int]) -> None:
+        owned = False  # once the session owns the connection, its end() releases it
         try:
             # Replies are written whole (or batched for pipelining): Nagle would only hold a
             # reply's last segment back until the client's delayed ACK (~40 ms).
             conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            self.factory(self.ctx, conn, peer).run()
+            session = self.factory(self.ctx, conn, peer)
+            session.on_end = self._ended
+            owned = True
+            session.run()  # returns when the session ends or the event loop adopts it
         except Exception:
             LOG.exception("%s: session with %s ended by an internal error", self.label, peer[0])
         finally:
-            try:
+            if not owned:
                 conn.close()
-            except OSError:
-                pass
+                self._ended()
             with self._live_lock:
-                self._live -= 1
                 self._workers.discard(threading.current_thread())
+
+    def _ended(self) -> None:
+        with self._live_lock:
+            self._live -= 1
 
     def live(self) -> int:
         with self._live_lock:
