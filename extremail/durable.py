@@ -7,6 +7,8 @@ directory" is implemented once.
 
 from __future__ import annotations
 
+import ctypes
+import errno
 import os
 import threading
 
@@ -93,9 +95,7 @@ def write_new(path: str, data: bytes, mode: int = 0o600) -> None:
     nothing is left at ``path``."""
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
     try:
-        view = memoryview(data)
-        while view:
-            view = view[os.write(fd, view):]
+        _write_all(fd, data)
         os.fsync(fd)
     except BaseException:
         os.close(fd)
@@ -105,6 +105,97 @@ def write_new(path: str, data: bytes, mode: int = 0o600) -> None:
             pass
         raise
     os.close(fd)
+
+
+def publish(tmp: str, path: str, data: bytes, mode: int = 0o600) -> None:
+    """Create the new file ``path`` holding ``data``, fsynced, that nobody sees before it is
+    whole (the Maildir rule, and the spool's commit), and never in place of another file;
+    the caller fsyncs its directory.
+
+    Where the kernel allows, the file is written without a name (O_TMPFILE in the
+    directory of ``tmp``) and then linked at ``path``: no entry is made in that directory
+    and taken out again, and the file's fsync writes no directory (ext4 without a journal
+    syncs the directory of a newly named file with it).  Otherwise it is written as
+    ``tmp``, linked at ``path`` and unlinked.  On failure nothing is left at either place.
+    """
+    if _anonymous.usable:
+        try:
+            fd = os.open(os.path.dirname(tmp), os.O_WRONLY | os.O_TMPFILE, mode)
+        except OSError as exc:
+            if exc.errno not in _NO_TMPFILE:
+                raise
+            _anonymous.usable = False
+        else:
+            try:
+                _write_all(fd, data)
+                os.fsync(fd)
+                if _anonymous.link(fd, path):
+                    return
+                _anonymous.usable = False
+            finally:
+                os.close(fd)
+    write_new(tmp, data, mode)
+    try:
+        os.link(tmp, path)
+    except BaseException:
+        os.unlink(tmp)
+        raise
+    try:
+        os.unlink(tmp)
+    except OSError:
+        pass  # published all the same; a name left in tmp is only clutter
+
+
+# What O_TMPFILE's open fails with where a file system or kernel lacks it.
+_NO_TMPFILE = (errno.EOPNOTSUPP, errno.EISDIR, errno.EINVAL)
+
+
+class _AnonymousFiles:
+    """How an unnamed file gets its name: ``linkat(fd, "", AT_EMPTY_PATH)`` (needs
+    CAP_DAC_READ_SEARCH, which a daemon started as root has), else a link of
+    ``/proc/self/fd/N``; when neither works here, :func:`publish` stops trying."""
+
+    def __init__(self) -> None:
+        self.usable = hasattr(os, "O_TMPFILE")
+        self._empty_path = True
+        libc = ctypes.CDLL(None, use_errno=True)
+        self._linkat = libc.linkat
+        self._linkat.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p,
+                                 ctypes.c_int]
+
+    def link(self, fd: int, path: str) -> bool:
+        """Give the file open as ``fd`` the name ``path``; False when this process cannot."""
+        if self._empty_path:
+            if self._linkat(fd, b"", _AT_FDCWD, os.fsencode(path), _AT_EMPTY_PATH) == 0:
+                return True
+            code = ctypes.get_errno()
+            if code not in (errno.ENOENT, errno.EPERM) or _no_directory(path):
+                raise OSError(code, os.strerror(code), path)
+            self._empty_path = False  # ENOENT, EPERM: without CAP_DAC_READ_SEARCH
+        try:
+            os.link(f"/proc/self/fd/{fd}", path, follow_symlinks=True)
+            return True
+        except OSError as exc:
+            if exc.errno not in (errno.ENOENT, errno.EXDEV, errno.EPERM) or _no_directory(path):
+                raise
+        return False
+
+
+def _no_directory(path: str) -> bool:
+    """True when ``path``'s directory is missing: an ENOENT that is the caller's, not a
+    missing capability."""
+    return not os.path.isdir(os.path.dirname(path))
+
+
+_AT_FDCWD = -100
+_AT_EMPTY_PATH = 0x1000
+_anonymous = _AnonymousFiles()
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view):]
 
 
 def atomic_write(path: str, data: bytes, mode: int = 0o600) -> None:

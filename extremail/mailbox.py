@@ -22,7 +22,7 @@ import threading
 import time
 from dataclasses import dataclass
 
-from .durable import fsync_directory, sync_directory, write_new
+from .durable import fsync_directory, publish, sync_directory
 
 SUBDIRS = ("tmp", "new", "cur")
 _counter = itertools.count(1)
@@ -118,20 +118,19 @@ class Maildir:
         Raises OSError (ENOSPC, EDQUOT, ...) with nothing left behind in new/.
         """
         name = unique_name(len(data), virtual_size(data))
+        final = os.path.join(self.new_dir, name)
         tmp = os.path.join(self.path, "tmp", name)
         try:
-            write_new(tmp, data)
+            publish(tmp, final, data)
         except FileNotFoundError:
             self.ensure()
-            write_new(tmp, data)
-        final = os.path.join(self.new_dir, name)
-        try:
-            os.rename(tmp, final)
-            if sync:
+            publish(tmp, final, data)
+        if sync:
+            try:
                 sync_directory(self.new_dir)
-        except BaseException:
-            _unlink_quietly(tmp)
-            raise
+            except BaseException:
+                _unlink_quietly(final)
+                raise
         return final
 
     def link(self, source: str, sync: bool = True) -> str:

@@ -1,10 +1,13 @@
 """Group commit of directory fsyncs: every caller returns only after an fsync that started
-after its rename, and concurrent callers share fsyncs."""
+after its rename, and concurrent callers share fsyncs.  Publishing a new file: whole or
+absent, by an unnamed file where the kernel allows, through a name in tmp otherwise."""
 
 from __future__ import annotations
 
 import threading
 import time
+
+import pytest
 
 from extremail import durable
 
@@ -102,3 +105,47 @@ def test_several_directories_at_once_are_each_covered_and_shared(monkeypatch, tm
     assert sum(renamed.values()) == 10 * 20 * 5
     assert len(fsyncs) < 10 * 20 * 5 / 2  # shared across writers and directories
     assert set(fsyncs) == set(dirs)
+
+
+# ---- publish: a new file that is whole or absent ----
+def _publish_and_check(tmp_path) -> None:
+    (tmp_path / "tmp").mkdir()
+    (tmp_path / "new").mkdir()
+    durable.publish(str(tmp_path / "tmp" / "m1"), str(tmp_path / "new" / "m1"), b"hello\n")
+    assert (tmp_path / "new" / "m1").read_bytes() == b"hello\n"
+    assert list((tmp_path / "tmp").iterdir()) == []
+    with pytest.raises(FileNotFoundError):  # no such target directory: nothing left behind
+        durable.publish(str(tmp_path / "tmp" / "m2"), str(tmp_path / "gone" / "m2"), b"x")
+    assert list((tmp_path / "tmp").iterdir()) == []
+    with pytest.raises(FileExistsError):  # never replaces a file
+        durable.publish(str(tmp_path / "tmp" / "m1"), str(tmp_path / "new" / "m1"), b"other")
+    assert (tmp_path / "new" / "m1").read_bytes() == b"hello\n"
+    assert list((tmp_path / "tmp").iterdir()) == []
+
+
+def test_publish_without_a_name_in_tmp(tmp_path) -> None:
+    """Where O_TMPFILE and a link of it work (here, as root), that is the way taken."""
+    if not durable._anonymous.usable:
+        pytest.skip("this kernel or process cannot link unnamed files")
+    _publish_and_check(tmp_path)
+    assert durable._anonymous.usable
+
+
+def test_publish_through_tmp_where_unnamed_files_cannot_be_linked(monkeypatch, tmp_path) -> None:
+    monkeypatch.setattr(durable._anonymous, "link", lambda fd, path: False)
+    monkeypatch.setattr(durable._anonymous, "usable", True)
+    _publish_and_check(tmp_path)
+    assert not durable._anonymous.usable  # tried once, then named files only
+
+
+def test_publish_through_tmp_without_o_tmpfile(monkeypatch, tmp_path) -> None:
+    real_open = durable.os.open
+
+    def no_tmpfile(path, flags, mode=0o777):
+        if flags & durable.os.O_TMPFILE == durable.os.O_TMPFILE:
+            raise OSError(durable.errno.EOPNOTSUPP, "not supported")
+        return real_open(path, flags, mode)
+    monkeypatch.setattr(durable.os, "open", no_tmpfile)
+    monkeypatch.setattr(durable._anonymous, "usable", True)
+    _publish_and_check(tmp_path)
+    assert not durable._anonymous.usable

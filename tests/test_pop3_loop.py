@@ -116,6 +116,16 @@ def test_idle_session_after_login_times_out_with_its_reply(server):
     assert _can_log_in(server)
 
 
+def test_idle_session_before_login_times_out_on_its_thread(server):
+    """Before login the session has a thread whose reads the kernel bounds (SO_RCVTIMEO)."""
+    wire = Wire(server.pop3_port)
+    assert wire.cmd("USER mick@acme.test").startswith("+OK")
+    begun = time.monotonic()
+    assert wire.line() == "-ERR Timeout, closing connection"
+    assert wire.closed()
+    assert 2.5 < time.monotonic() - begun < 15
+
+
 def test_stop_says_goodbye_to_a_logged_in_session(server):
     wire = login(server)
     assert wire.cmd("STAT") == "+OK 0 0"

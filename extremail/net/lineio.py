@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import socket
 import ssl
+import struct
 from collections.abc import Iterable
 
 CRLF = b"\r\n"
@@ -52,15 +53,35 @@ class LineIO:
         self.buffer = bytearray()
         self.bytes_in = 0
         self.bytes_out = 0
+        self._timeout: float | None = -1.0  # none set yet
 
     # ---- reading ----
     def settimeout(self, seconds: float | None) -> None:
-        self.sock.settimeout(seconds)
+        """Bound every later read and write by ``seconds`` (None: no bound).
+
+        The kernel keeps the bound (SO_RCVTIMEO and SO_SNDTIMEO on a blocking socket):
+        Python's own socket timeout polls before every recv and send, one system call and
+        one hand-over of the GIL more each, at every command of every session.  A TLS
+        socket keeps Python's timeout, which its reads need to tell a timeout from an
+        error.
+        """
+        if seconds == self._timeout:
+            return
+        self._timeout = seconds
+        if isinstance(self.sock, ssl.SSLSocket) or (seconds is not None and seconds <= 0):
+            self.sock.settimeout(seconds)
+            return
+        if self.sock.gettimeout() is not None:
+            self.sock.settimeout(None)
+        whole = int(seconds or 0)
+        value = struct.pack("@ll", whole, int(((seconds or 0) - whole) * 1_000_000))
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, value)
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, value)
 
     def _fill(self) -> None:
         try:
             chunk = self.sock.recv(self.bufsize)
-        except TimeoutError:
+        except (TimeoutError, BlockingIOError):  # BlockingIOError: SO_RCVTIMEO ran out
             raise Timeout() from None
         except ssl.SSLError as exc:
             raise Closed(str(exc)) from None
@@ -143,7 +164,7 @@ class LineIO:
     def write(self, data: bytes) -> None:
         try:
             self.sock.sendall(data)
-        except TimeoutError:
+        except (TimeoutError, BlockingIOError):  # BlockingIOError: SO_SNDTIMEO ran out
             raise Timeout() from None
         except OSError as exc:
             raise Closed(str(exc)) from None
@@ -158,6 +179,8 @@ class LineIO:
     def starttls(self, context: ssl.SSLContext, server_side: bool = True,
                  server_hostname: str | None = None) -> None:
         self.buffer.clear()  # nothing sent before STARTTLS survives it
+        if self._timeout != -1.0:
+            self.sock.settimeout(self._timeout)  # TLS keeps Python's timeout (see settimeout)
         self.sock = context.wrap_socket(self.sock, server_side=server_side,
                                         server_hostname=server_hostname)
 

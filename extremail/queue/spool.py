@@ -51,7 +51,7 @@ from dataclasses import dataclass
 
 from .. import log
 from ..envelope import Envelope
-from ..durable import atomic_write, fsync_directory, sync_directory, write_new
+from ..durable import atomic_write, fsync_directory, publish, sync_directory
 
 LOG = log.get("spool")
 
@@ -236,13 +236,8 @@ class Spool:
                                 recipients)
         head = render(message)
         message.offset = len(head)
-        tmp = os.path.join(self.tmp, f"{queue_id}{TMP_SUFFIX}")
-        try:
-            write_new(tmp, head + data)
-            os.rename(tmp, message.path)  # the commit point
-        except BaseException:
-            _unlink(tmp)
-            raise
+        publish(os.path.join(self.tmp, f"{queue_id}{TMP_SUFFIX}"), message.path,
+                head + data)  # the commit point
         try:
             sync_directory(self.msg_dir)
         except BaseException:
