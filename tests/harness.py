@@ -187,6 +187,12 @@ class ServerProcess:
         return "".join(open(os.path.join(directory, name), encoding="utf-8", errors="replace").read()
                        for name in sorted(os.listdir(directory)))
 
+    def logged(self, text: str, timeout: float = 10) -> bool:
+        """Wait until the log holds ``text``: the server writes its log from a thread of its
+        own, a moment after the event a client saw."""
+        wait_until(lambda: text in self.log_text(), timeout, f"{text!r} in the log")
+        return True
+
     def admin_do(self, *commands: str) -> None:
         """Run management commands that must each answer +OK."""
         admin = self.admin()

@@ -133,7 +133,7 @@ def test_stop_lets_a_session_say_goodbye(daemon: ServerProcess) -> None:
     assert run_cli(daemon.base, "stop").returncode == 0
     assert client.line() == "-ERR server shutting down, bye"
     assert client.file.readline() == b""
-    assert "eXtremail stopped" in daemon.log_text()
+    assert daemon.logged("eXtremail stopped")
 
 
 def test_version() -> None:

@@ -71,4 +71,4 @@ def test_fetchmail_keeps_then_fetches_and_empties_the_mailbox(make_server, tmp_p
     assert run.returncode == 0, run.stdout + run.stderr
     assert fetched(third) == sorted([*sent, late])
     assert Maildir(server.maildir("mick", "acme.test")).scan() == []
-    assert f"{len(sent) + 1} messages deleted at QUIT" in server.log_text()
+    assert server.logged(f"{len(sent) + 1} messages deleted at QUIT")

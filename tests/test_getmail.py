@@ -57,4 +57,4 @@ def test_getmail_fetches_everything_and_empties_the_mailbox(make_server, tmp_pat
     assert all(data.startswith(b"Return-Path: <alice@remote.test>\n") for data in sent)
     assert sorted(got) == sorted(sent)
     assert Maildir(server.maildir("mick", "acme.test")).scan() == []
-    assert f"{len(sent)} messages deleted at QUIT" in server.log_text()
+    assert server.logged(f"{len(sent)} messages deleted at QUIT")

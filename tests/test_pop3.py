@@ -221,7 +221,7 @@ def test_repeated_failures_from_one_ip_are_slowed_down(server):
     times = [failure("127.0.0.21") for _ in range(5)]
     # the 4th and 5th wait 1 s and 2 s before their answer (auth.Throttle: 3 free)
     assert times[4] - times[0] > 1.5, times
-    assert "after waiting" in server.log_text()
+    assert server.logged("after waiting")
     # another client is not slowed down meanwhile, and the right password still works
     assert failure("127.0.0.22") < 1.0
     wire = Wire(server.pop3_port, "127.0.0.22")
@@ -375,7 +375,7 @@ def test_deletions_happen_at_quit_only(server):
     assert len(left) == 1
     with open(left[0].path, "rb") as handle:
         assert b"Subject: m1" in handle.read()
-    assert "2 messages deleted at QUIT" in server.log_text()
+    assert server.logged("2 messages deleted at QUIT")
 
 
 def test_uids_are_stable_across_sessions_reading_and_restarts(server):

@@ -73,7 +73,7 @@ def test_a_client_that_stops_reading_is_cut_off_and_its_mailbox_freed(server):
     slow = login(server)
     slow.send("RETR 1")
     wait_until(lambda: _can_log_in(server), 20, "the stalled session to be cut off")
-    assert "writing to a client that does not read" in server.log_text()
+    assert server.logged("writing to a client that does not read")
     slow.close()
 
 

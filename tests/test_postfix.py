@@ -68,7 +68,7 @@ def test_we_deliver_to_postfix_as_the_remote_mta(pair):
     assert received["Subject"] == "to postfix"
     assert ".dotted line" in received.get_payload()
     assert "mx.local.test" in received.as_string()  # our Received: (and our HELO) before its own
-    assert f"via mx.{DOMAIN} [127.0.0.1]:{postfix.smtp_port}: 250" in server.log_text()
+    assert server.logged(f"via mx.{DOMAIN} [127.0.0.1]:{postfix.smtp_port}: 250")
 
 
 def test_postfix_relays_into_our_maildir(pair):

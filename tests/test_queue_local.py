@@ -167,7 +167,7 @@ def test_queued_pipe_survives_kill_9_and_is_delivered_once(piped) -> None:
     admin.close()
     wait_until(lambda: queue_rows(server) == [], what="the recovered message to be delivered")
     assert len(runs(out)) == 2  # one temporary failure, one delivery: never twice delivered
-    assert "1 message(s) recovered from the spool" in server.log_text()
+    assert server.logged("1 message(s) recovered from the spool")
 
 
 def test_unwritable_maildir_goes_to_the_spool_and_is_retried(make_server, tmp_path) -> None:
@@ -183,7 +183,7 @@ def test_unwritable_maildir_goes_to_the_spool_and_is_retried(make_server, tmp_pa
     assert len(maildir_files(server)) == 1
     [row] = wait_until(lambda: [r for r in queue_rows(server) if r[7] == "1"], what="a failed attempt")
     assert row[1] == "lost@acme.test" and row[8] == "queued"
-    assert "Mailbox not writable" in server.log_text()
+    assert server.logged("Mailbox not writable")
     blocker.unlink()
     blocker.mkdir()
     admin = server.admin()

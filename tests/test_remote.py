@@ -94,7 +94,7 @@ def test_user_add_stores_a_scrypt_hash_never_the_password(make_server) -> None:
     with open(server.path("data", "user_data")) as handle:
         everything = handle.read() + server.log_text()
     assert "Clear-Text-42" not in everything and "Other-Secret-7" not in everything
-    assert "PASS=****" in server.log_text()
+    assert server.logged("PASS=****")
 
 
 def test_user_list_fields_defaults_and_password_hidden(server: ServerProcess, admin: Admin) -> None:
@@ -509,7 +509,7 @@ def test_three_failed_logins_close_the_connection_after_a_delay(server: ServerPr
     assert client.cmd("LOGIN wrong3") == "-ERR login failed too many times, bye"
     assert time.monotonic() - started >= FAILED_LOGIN_DELAY * 0.9
     assert client.file.readline() == b""
-    assert "management login failed (3)" in server.log_text()
+    assert server.logged("management login failed (3)")
     fresh = server.admin()  # the right password still works (slowed down, not locked out)
     fresh.close()
 
@@ -582,7 +582,7 @@ def test_sighup_reloads_hand_edited_data_and_keeps_old_data_on_errors(server: Se
         handle.write("broken line without tabs\n")
     server.proc.send_signal(signal.SIGHUP)
     wait_until(lambda: "data file not loaded" in server.log_text(), what="the reload error")
-    assert "domain_data:4" in server.log_text()
+    assert server.logged("domain_data:4")
     assert admin.listing("DOMAIN LIST ALL")[1] == ["acme.test", "byhand.test"]
     with open(path, "w") as handle:
         handle.write("../../etc\t0\t0\t0\t0\t\t\t\t0\n")

@@ -42,7 +42,7 @@ def test_ipin_refuses_at_connect(mx, deny):
     client = Raw(mx.smtp_port, source="127.0.0.3")
     assert client.greeting[0] == 220
     client.close()
-    assert "refused at connect" in mx.log_text()
+    assert mx.logged("refused at connect")
 
 
 def test_ipin_removed(mx):
