@@ -27,7 +27,7 @@ import socket
 import threading
 import time
 from collections import deque
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 from .. import log
@@ -196,19 +196,27 @@ class EventLoop:
                     return
                 adopted, self._adopted = self._adopted, []
             for session in adopted:
-                self._take(session)
+                try:
+                    conn = self._take(session)
+                except Exception:
+                    LOG.exception("%s: session ended by an internal error", session.describe())
+                    session.end()
+                    continue
+                self._guarded(conn, self._commands)  # lines pipelined behind the login
             for key, mask in self._selector.select(self._wait()):
                 if key.data is None:
                     self._drain_wake()
                 else:
-                    try:
-                        self._service(key.data, mask)
-                    except Exception:
-                        conn = key.data
-                        LOG.exception("%s: session ended by an internal error",
-                                      conn.session.describe())
-                        self._end(conn)
+                    self._guarded(key.data, lambda conn, mask=mask: self._service(conn, mask))
             self._expire()
+
+    def _guarded(self, conn: _Connection, step: Callable[[_Connection], None]) -> None:
+        """Run ``step`` for ``conn``; a bug ends that session, never the loop."""
+        try:
+            step(conn)
+        except Exception:
+            LOG.exception("%s: session ended by an internal error", conn.session.describe())
+            self._end(conn)
 
     def _wait(self) -> float:
         return max(0.0, min(SCAN_SECONDS, self._next_scan - time.monotonic()))
@@ -220,16 +228,16 @@ class EventLoop:
         except BlockingIOError:
             pass
 
-    def _take(self, session: Any) -> None:
+    def _take(self, session: Any) -> _Connection:
         old = session.io
         old.sock.setblocking(False)
         io = LoopIO(old.sock, old.buffer, old.bytes_in, old.bytes_out)
         session.io = io
         conn = _Connection(session, io)
         self._touch(conn)
-        self._connections.add(conn)
         self._selector.register(io.sock, selectors.EVENT_READ, conn)
-        self._commands(conn)  # lines the client pipelined behind its login
+        self._connections.add(conn)
+        return conn
 
     def _touch(self, conn: _Connection) -> None:
         conn.deadline = time.monotonic() + conn.timeout
