@@ -98,9 +98,6 @@ class LoopIO:
             pending.popleft()
         return True
 
-    def settimeout(self, seconds: float | None) -> None:
-        """The loop keeps the session's deadline itself."""
-
     def close(self) -> None:
         for item in self.pending:
             close = getattr(item, "close", None)
@@ -178,9 +175,6 @@ class EventLoop:
         self._selector.close()
         self._wake_in.close()
         self._wake_out.close()
-
-    def count(self) -> int:
-        return len(self._connections)
 
     def _wake(self) -> None:
         try:

@@ -3,8 +3,8 @@
 A listener accepts until it is stopped, hands each connection to a new worker thread
 running a session, and refuses connections beyond CFG_MAX_CONN with the protocol's busy
 line.  A session may move to the event loop and back (:mod:`.eventloop`); it counts as
-live until its ``end()``.  An exception escaping a session is logged with its traceback; it ends that
-session only.
+live until its ``end()``.  An exception escaping a session is logged with its traceback;
+it ends that session only.
 
 Attack surface: every remote connection; the bound on live sessions is here.
 """
