@@ -1,5 +1,7 @@
 """eXtremail: a multi-domain SMTP/POP3 mail server with a management port."""
 
+from pathlib import Path
+
 from setuptools import setup
 
 from extremail import VERSION
@@ -8,7 +10,7 @@ setup(
     name="extremail",
     version=VERSION,
     description="Multi-domain Unix mail server: SMTP, POP3, remote management (eXtremail 1.1.10 re-created)",
-    long_description=open("README.md", encoding="utf-8").read(),
+    long_description=Path("README.md").read_text(encoding="utf-8"),
     long_description_content_type="text/markdown",
     license="Freeware (see README)",
     python_requires=">=3.11",

@@ -38,10 +38,11 @@ HOST = _host()
 
 
 def unique_name(size: int, vsize: int) -> str:
-    now = time.time()
+    """A Maildir file name; microseconds are zero-padded so ``ls`` lists mail in delivery order."""
+    seconds, micro = divmod(time.time_ns() // 1000, 1_000_000)
     with _counter_lock:
         serial = next(_counter)
-    return (f"{int(now)}.M{int((now % 1) * 1_000_000)}P{os.getpid()}Q{serial}.{HOST}"
+    return (f"{seconds}.M{micro:06d}P{os.getpid()}Q{serial}.{HOST}"
             f",S={size},W={vsize}")
 
 

@@ -13,7 +13,7 @@ from typing import BinaryIO
 
 import pytest
 
-from extremail import auth, login, pop3_mailbox
+from extremail import auth, login, mailbox, pop3_mailbox
 from extremail.mailbox import Maildir
 from extremail.pop3 import AUTH_FAILED, BAD_BASE64, _plain_credentials
 from extremail.pop3_mailbox import LockTable, Maildrop, NoSuchMessage, retr_chunks, top_text
@@ -179,6 +179,14 @@ def test_unique_ids_fit_rfc_1939():
     for odd in ("1795413010.M211583P19344Q1." + "long-host-name." * 4, "with space", "ünï"):
         uid = pop3_mailbox.unique_id(odd)
         assert uid == pop3_mailbox.unique_id(odd) and len(uid) == 40 and uid.isalnum()
+
+
+def test_maildir_names_list_in_delivery_order(monkeypatch):
+    names = []
+    for now in (1795413010_099999_000, 1795413010_100000_000, 1795413011_000000_000):
+        monkeypatch.setattr(mailbox.time, "time_ns", lambda now=now: now)
+        names.append(mailbox.unique_name(10, 12))
+    assert sorted(names) == names and ".M099999P" in names[0] and names[0].endswith(",S=10,W=12")
 
 
 def _file(path) -> BinaryIO:
