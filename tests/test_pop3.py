@@ -292,6 +292,7 @@ def test_auth_plain_initial_response_continuation_and_errors(server):
     assert wire.cmd("AUTH PLAIN " + plain("mick@acme.test", "wrong")) \
         == "-ERR [AUTH] Authentication failed"
     wire.close()
+    assert server.logged("disconnect 127.0.0.43:")  # the log is complete up to here
     assert "secret" not in server.log_text() and "hunter2" not in server.log_text()
 
 

@@ -16,8 +16,10 @@ from __future__ import annotations
 import socket
 import ssl
 import struct
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
+from typing import TypeVar
 
+T = TypeVar("T")
 CRLF = b"\r\n"
 END_OF_DATA = b"\r\n.\r\n"
 # RFC 5321 4.5.3.1.6: a text line is at most 1000 octets with its CRLF.
@@ -124,41 +126,23 @@ class LineIO:
         return bool(self.buffer)
 
     def read_data(self, max_size: int) -> bytes:
-        """Message data up to ``<CRLF>.<CRLF>``, dot-unstuffed, with CRLF line ends.
-
-        ``max_size`` (0 = none) bounds what is kept; the rest is read and dropped so the
-        session stays in step, then :class:`DataTooBig` is raised.
-        """
-        buf = self.buffer
-        while len(buf) < 3 and b".\r\n".startswith(bytes(buf)):
-            self._fill()  # might be the end mark of an empty message
-        if buf.startswith(b".\r\n"):
-            del buf[:3]
-            return b""
-        scanned = 0
-        too_big = False
-        while True:
-            index = buf.find(END_OF_DATA, scanned)
-            if index >= 0:
-                body = bytes(buf[:index + 2])
-                del buf[:index + 5]
-                too_big = too_big or bool(max_size and len(body) > max_size)
-                break
-            if max_size and len(buf) > max_size + 5:
-                too_big = True
-                del buf[:len(buf) - 4]  # keep what could start the end-of-data mark
-            scanned = max(0, len(buf) - 4)
+        """Message data up to ``<CRLF>.<CRLF>`` (see :class:`DataReader`)."""
+        reader = DataReader(max_size)
+        while not reader.feed(self.buffer):
             self._fill()
-        if too_big:
-            raise DataTooBig()
-        # One split is linear and runs in C; a regular expression for "999 octets without a
-        # line end" backtracks at every position and costs ~50 ms per MB.
-        if len(body) >= MAX_TEXT_LINE and max(map(len, body.split(b"\n"))) > MAX_TEXT_LINE - 1:
-            raise DataLineTooLong()
-        # RFC 5321 4.5.2: a leading dot that the client doubled is removed.
-        if body.startswith(b".."):
-            body = body[1:]
-        return body.replace(b"\r\n..", b"\r\n.")
+        return reader.result()
+
+    # ---- the calls a session shares with the event loop's LoopIO ----
+    def collect(self, reader: DataReader, then: Callable[[], None]) -> None:
+        """Feed the input to ``reader`` until it has all it wants, then call ``then``; here
+        at once, in the event loop as the input arrives."""
+        while not reader.feed(self.buffer):
+            self._fill()
+        then()
+
+    def offload(self, job: Callable[[], T], then: Callable[[T], None]) -> None:
+        """``then(job())``: here on this thread; the event loop runs ``job`` on a worker."""
+        then(job())
 
     # ---- writing ----
     def write(self, data: bytes) -> None:
@@ -189,6 +173,58 @@ class LineIO:
             self.sock.close()
         except OSError:
             pass
+
+
+class DataReader:
+    """SMTP message data (RFC 5321 4.1.1.4), fed as it arrives: up to ``<CRLF>.<CRLF>``,
+    dot-unstuffed, CRLF line ends.
+
+    ``max_size`` (0 = none) bounds what is kept; the rest is read and dropped so the
+    session stays in step, and :meth:`result` raises :class:`DataTooBig`.
+    """
+
+    def __init__(self, max_size: int) -> None:
+        self.max_size = max_size
+        self._at_start = True  # ".<CRLF>" right away is an empty message
+        self._scanned = 0
+        self._too_big = False
+        self._body: bytes | None = None
+
+    def feed(self, buf: bytearray) -> bool:
+        """Take what ``buf`` holds of the data out of it; True once the end mark was taken."""
+        if self._at_start:
+            if len(buf) < 3 and b".\r\n".startswith(bytes(buf)):
+                return False
+            self._at_start = False
+            if buf.startswith(b".\r\n"):
+                del buf[:3]
+                self._body = b""
+                return True
+        index = buf.find(END_OF_DATA, self._scanned)
+        if index >= 0:
+            self._body = bytes(buf[:index + 2])
+            del buf[:index + 5]
+            return True
+        if self.max_size and len(buf) > self.max_size + 5:
+            self._too_big = True
+            del buf[:len(buf) - 4]  # keep what could start the end-of-data mark
+        self._scanned = max(0, len(buf) - 4)
+        return False
+
+    def result(self) -> bytes:
+        """The message; raises :class:`DataTooBig` or :class:`DataLineTooLong`."""
+        body = self._body
+        assert body is not None, "result() before the end of the data"
+        if self._too_big or (self.max_size and len(body) > self.max_size):
+            raise DataTooBig()
+        # One split is linear and runs in C; a regular expression for "999 octets without a
+        # line end" backtracks at every position and costs ~50 ms per MB.
+        if len(body) >= MAX_TEXT_LINE and max(map(len, body.split(b"\n"))) > MAX_TEXT_LINE - 1:
+            raise DataLineTooLong()
+        # RFC 5321 4.5.2: a leading dot that the client doubled is removed.
+        if body.startswith(b".."):
+            body = body[1:]
+        return body.replace(b"\r\n..", b"\r\n.")
 
 
 def dot_stuff(data: bytes) -> bytes:
