@@ -163,6 +163,10 @@ def _start_daemon(cfg: Config) -> int:
         return 1
     os.close(read_end)
     code = 1
+    # A failure is told only once the daemon has let go of the PID file and its log:
+    # the starter's exit status must mean that nothing is left running.
+    failure = "the server did not start (see the log in DIR_LOG)"
+    started = False
     try:
         import daemon
         context = daemon.DaemonContext(working_directory=cfg.base, umask=0o027,
@@ -170,15 +174,22 @@ def _start_daemon(cfg: Config) -> int:
                                        detach_process=True)
         with context:
             def report(ok: bool, text: str) -> None:
-                os.write(write_end, f"{'OK' if ok else 'ERR'} {text}".encode())
-                os.close(write_end)
+                nonlocal failure, started
+                if ok:
+                    started = True
+                    os.write(write_end, f"OK {text}".encode())
+                    os.close(write_end)
+                else:
+                    failure = text
             code = _serve(cfg, False, report)
     except BaseException as exc:  # anything before the report must reach the starter
-        try:
-            os.write(write_end, f"ERR {exc}".encode())
-        except OSError:
-            pass
+        failure = str(exc)
     finally:
+        if not started:
+            try:
+                os.write(write_end, f"ERR {failure}".encode())
+            except OSError:
+                pass
         os._exit(code)
 
 

@@ -120,7 +120,7 @@ def publish(tmp: str, path: str, data: bytes, mode: int = 0o600) -> None:
     """
     if _anonymous.usable:
         try:
-            fd = os.open(os.path.dirname(tmp), os.O_WRONLY | os.O_TMPFILE, mode)
+            fd = _spares.take(os.path.dirname(tmp), mode)
         except OSError as exc:
             if exc.errno not in _NO_TMPFILE:
                 raise
@@ -144,6 +144,72 @@ def publish(tmp: str, path: str, data: bytes, mode: int = 0o600) -> None:
         os.unlink(tmp)
     except OSError:
         pass  # published all the same; a name left in tmp is only clutter
+
+
+def _open_unnamed(directory: str, mode: int) -> int:
+    return os.open(directory, os.O_WRONLY | os.O_TMPFILE, mode)
+
+
+class _SpareFiles:
+    """Unnamed files opened ahead of need, a few for each directory recently written in.
+
+    Why: ext4 without a journal passes over every inode freed in the last minutes before
+    it hands one out (``recently_deleted`` in its allocator), so after a mass delete
+    creating a file costs about a millisecond of CPU.  A thread of its own creates the
+    next files while sessions wait on the network or on fsync, so that cost is not on a
+    message's path.  An unused spare vanishes with the process: it has no name.
+    """
+
+    KEEP = 8        # spares per directory
+    DIRECTORIES = 8  # directories served; the least recently used one gives way
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self._ready: dict[tuple[str, int], list[int]] = {}  # (directory, mode) -> fds
+        self._thread: threading.Thread | None = None
+
+    def take(self, directory: str, mode: int) -> int:
+        """An unnamed file in ``directory``: a spare, or opened now."""
+        key = (directory, mode)
+        with self._cond:
+            spares = self._ready.pop(key, None)
+            if spares is None:
+                spares = []
+                if len(self._ready) >= self.DIRECTORIES:
+                    for fd in self._ready.pop(next(iter(self._ready))):
+                        os.close(fd)
+            self._ready[key] = spares  # now the most recently used
+            fd = spares.pop() if spares else -1
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._refill, name="spare-files",
+                                                daemon=True)
+                self._thread.start()
+            self._cond.notify()
+        return fd if fd >= 0 else _open_unnamed(directory, mode)
+
+    def _refill(self) -> None:
+        while True:
+            with self._cond:
+                while not (short := [key for key, fds in self._ready.items()
+                                     if len(fds) < self.KEEP]):
+                    self._cond.wait()
+            for key in short:
+                try:
+                    fd = _open_unnamed(*key)
+                except OSError:  # gone, full, or not possible: take() opens and reports
+                    with self._cond:
+                        for spare in self._ready.pop(key, []):
+                            os.close(spare)
+                    continue
+                with self._cond:
+                    spares = self._ready.get(key)
+                    if spares is None:
+                        os.close(fd)  # the directory gave way meanwhile
+                    else:
+                        spares.append(fd)
+
+
+_spares = _SpareFiles()
 
 
 # What O_TMPFILE's open fails with where a file system or kernel lacks it.

@@ -61,6 +61,7 @@ class DailyLog(threading.Thread):
         self._second = -1
         self._stamp = ""
         self._stream: TextIO | None = None
+        self._stopping = threading.Event()
 
     def path_for(self, day: str) -> str:
         return os.path.join(self.directory, f"eXtremail-{day}.log")
@@ -68,7 +69,7 @@ class DailyLog(threading.Thread):
     def run(self) -> None:
         while True:
             batch = [self.records.get()]
-            time.sleep(GATHER)
+            self._stopping.wait(GATHER)
             try:
                 while len(batch) < 10000:
                     batch.append(self.records.get_nowait())
@@ -112,6 +113,7 @@ class DailyLog(threading.Thread):
             self.echo.flush()
 
     def stop(self) -> None:
+        self._stopping.set()
         self.records.put(self._STOP)
         self.join(10)
 

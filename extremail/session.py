@@ -179,6 +179,11 @@ class Session:
             self.idle = False
         return True
 
+    def continue_command(self, step: Callable[[], None]) -> None:
+        """Run the rest of a command that waited in the event loop (for its data, or for a
+        worker), turning what it raises into replies as the command itself would."""
+        self.invoke(lambda _session, _arg: step(), "", "(continued)")
+
     def line_too_long(self) -> None:
         self.protocol_error(self.LINE_TOO_LONG)
 

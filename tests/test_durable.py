@@ -4,12 +4,14 @@ absent, by an unnamed file where the kernel allows, through a name in tmp otherw
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 
 import pytest
 
 from extremail import durable
+from harness import wait_until
 
 
 def run_together(target, count: int) -> None:
@@ -149,3 +151,25 @@ def test_publish_through_tmp_without_o_tmpfile(monkeypatch, tmp_path) -> None:
     monkeypatch.setattr(durable._anonymous, "usable", True)
     _publish_and_check(tmp_path)
     assert not durable._anonymous.usable
+
+
+def test_spare_unnamed_files_are_made_ahead_and_taken(tmp_path) -> None:
+    if not durable._anonymous.usable:
+        pytest.skip("this kernel or process cannot link unnamed files")
+    spares = durable._SpareFiles()
+    directories = [tmp_path / f"d{i}" for i in range(spares.DIRECTORIES + 1)]
+    for directory in directories:
+        directory.mkdir()
+    key = (str(directories[0]), 0o600)
+    os.close(spares.take(*key))  # none ready yet: opened at once, and the thread starts
+    wait_until(lambda: len(spares._ready[key]) == spares.KEEP, what="spares made ahead")
+    ready = list(spares._ready[key])
+    fd = spares.take(*key)
+    assert fd == ready[-1] and len(spares._ready[key]) < spares.KEEP
+    durable._write_all(fd, b"hello\n")
+    assert durable._anonymous.link(fd, str(directories[0] / "m1"))
+    os.close(fd)
+    assert (directories[0] / "m1").read_bytes() == b"hello\n"
+    for directory in directories[1:]:  # one directory more than are served
+        os.close(spares.take(str(directory), 0o600))
+    assert key not in spares._ready and len(spares._ready) == spares.DIRECTORIES

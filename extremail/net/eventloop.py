@@ -28,10 +28,11 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
 from .. import log
-from .lineio import LineIO
+from .lineio import DataReader, LineIO
 
 LOG = log.get("net")
 READ_SIZE = 65536
@@ -39,6 +40,10 @@ READ_SIZE = 65536
 BACKLOG_BYTES = 65536
 # How often idle sessions are checked for their timeout.
 SCAN_SECONDS = 1.0
+# Threads for the work a session may not do in the loop (an SMTP message's durable
+# acceptance: fsyncs).  Started as needed; as many as sessions deliver at once up to
+# this, so concurrent deliveries still share their directory fsyncs.
+WORKERS = 32
 
 
 class LoopIO:
@@ -55,6 +60,31 @@ class LoopIO:
         self.pending: deque[bytearray | Iterator[bytes]] = deque()
         self.queued = 0   # bytes in ``pending``
         self.sources = 0  # iterators in ``pending``
+        self.timeout = 300.0
+        # What the session waits for instead of its next command line (see LineIO's calls).
+        self.reader: tuple[DataReader, Callable[[], None]] | None = None
+        self.job: tuple[Callable[[], Any], Callable[[Any], None]] | None = None
+
+    # ---- LineIO's calls, done the loop's way ----
+    def settimeout(self, seconds: float) -> None:
+        """The time the session may wait for input from now on; the loop enforces it."""
+        self.timeout = seconds
+
+    def has_pending(self) -> bool:
+        """True when the peer has already sent more input (pipelining)."""
+        return bool(self.buffer)
+
+    def collect(self, reader: DataReader, then: Callable[[], None]) -> None:
+        """Feed the input to ``reader`` as it arrives; call ``then`` once it has all."""
+        self.reader = (reader, then)
+
+    def offload(self, job: Callable[[], Any], then: Callable[[Any], None]) -> None:
+        """Run ``job`` on a worker thread (it may block); ``then(result)`` in the loop."""
+        self.job = (job, then)
+
+    def waits(self) -> bool:
+        """True while the session waits for data or a worker, not for a command."""
+        return self.reader is not None or self.job is not None
 
     def write(self, data: bytes) -> None:
         if self.pending and isinstance(self.pending[-1], bytearray):
@@ -113,13 +143,13 @@ class LoopIO:
 class _Connection:
     """What the loop keeps per adopted session."""
 
-    __slots__ = ("deadline", "discarding", "io", "session", "timeout", "writing")
+    __slots__ = ("busy", "deadline", "discarding", "io", "session", "writing")
 
     def __init__(self, session: Any, io: LoopIO) -> None:
         self.session = session
         self.io = io
-        self.timeout = session.timeout()
         self.deadline = 0.0
+        self.busy = False        # a worker runs the session's job: not read meanwhile
         self.discarding = False  # inside a line over the limit: dropped up to its end
         self.writing = False     # waiting for the socket to take queued replies
 
@@ -138,6 +168,8 @@ class EventLoop:
         self._adopted: list[Any] = []
         self._stopped = False
         self._connections: set[_Connection] = set()
+        self._finished: list[tuple[_Connection, Callable[[Any], None], Future[Any]]] = []
+        self._workers = ThreadPoolExecutor(WORKERS, thread_name_prefix=f"{name}-worker")
         self._thread = threading.Thread(target=self._run, name=name, daemon=True)
         self._next_scan = 0.0
 
@@ -167,6 +199,7 @@ class EventLoop:
         self._wake()
         if self._thread.is_alive():
             self._thread.join(10)
+        self._workers.shutdown(wait=True)  # acceptances under way finish (their fsyncs)
         for session in self._adopted:
             session.end()
         self._adopted.clear()
@@ -189,6 +222,11 @@ class EventLoop:
                 if self._stopped:
                     return
                 adopted, self._adopted = self._adopted, []
+                finished, self._finished = self._finished, []
+            for conn, then, future in finished:
+                if conn in self._connections:  # else the session ended meanwhile
+                    self._guarded(conn, lambda conn, then=then, future=future:
+                                  self._job_done(conn, then, future))
             for session in adopted:
                 try:
                     conn = self._take(session)
@@ -227,6 +265,7 @@ class EventLoop:
         old.sock.setblocking(False)
         io = LoopIO(old.sock, old.buffer, old.bytes_in, old.bytes_out)
         session.io = io
+        io.settimeout(session.timeout())
         conn = _Connection(session, io)
         self._touch(conn)
         self._selector.register(io.sock, selectors.EVENT_READ, conn)
@@ -234,7 +273,7 @@ class EventLoop:
         return conn
 
     def _touch(self, conn: _Connection) -> None:
-        conn.deadline = time.monotonic() + conn.timeout
+        conn.deadline = time.monotonic() + conn.io.timeout
 
     def _service(self, conn: _Connection, mask: int) -> None:
         if mask & selectors.EVENT_WRITE:
@@ -262,16 +301,31 @@ class EventLoop:
 
     def _commands(self, conn: _Connection) -> None:
         """Run the complete command lines in the buffer until the session ends, moves
-        to a thread, or has more replies queued than the socket takes."""
+        to a thread, waits for more input or a worker, or has more replies queued than
+        the socket takes."""
         session, io = conn.session, conn.io
         buffer = io.buffer
         while True:
+            waiting = False  # for more input
             while not session.done and not io.backlogged():
+                if io.job is not None:
+                    self._offload(conn)
+                    return
+                if io.reader is not None:
+                    reader, then = io.reader
+                    if not reader.feed(buffer):
+                        waiting = True
+                        break
+                    io.reader = None
+                    session.continue_command(then)
+                    self._between_commands(conn)
+                    continue
                 index = buffer.find(b"\n")
                 if index < 0:
                     if conn.discarding or len(buffer) > session.max_line:
                         buffer.clear()  # inside a line over the limit: dropped to its end
                         conn.discarding = True
+                    waiting = True
                     break
                 if conn.discarding or index + 1 > session.max_line:
                     del buffer[:index + 1]
@@ -289,9 +343,47 @@ class EventLoop:
                 del buffer[:index + 1]
                 if session.begin_command():
                     session.dispatch(line)
-                    session.idle = True
-            if not self._flush(conn, ending=session.done) or b"\n" not in buffer:
+                    self._between_commands(conn)
+            if not self._flush(conn, ending=session.done) or waiting:
                 return
+
+    @staticmethod
+    def _between_commands(conn: _Connection) -> None:
+        """After a command: unless it waits for data or a worker, the session is idle
+        and waits for its next command within its own timeout."""
+        if not conn.io.waits():
+            conn.session.idle = True
+            conn.io.settimeout(conn.session.timeout())
+
+    def _offload(self, conn: _Connection) -> None:
+        """Run the session's job on a worker; its input is not read meanwhile."""
+        assert conn.io.job is not None
+        (job, then), conn.io.job = conn.io.job, None
+        # Earlier replies go first; a peer that has gone ends the session here.
+        if not self._flush(conn) and conn not in self._connections:
+            return
+        self._selector.unregister(conn.io.sock)
+        conn.busy = True
+        conn.deadline = float("inf")
+        future = self._workers.submit(job)
+        future.add_done_callback(lambda done: self._job_finished(conn, then, done))
+
+    def _job_finished(self, conn: _Connection, then: Callable[[Any], None],
+                      future: Future[Any]) -> None:
+        """On the worker: hand the result back to the loop's thread."""
+        with self._lock:
+            self._finished.append((conn, then, future))
+        self._wake()
+
+    def _job_done(self, conn: _Connection, then: Callable[[Any], None],
+                  future: Future[Any]) -> None:
+        conn.busy = False
+        self._selector.register(conn.io.sock, selectors.EVENT_WRITE if conn.writing
+                                else selectors.EVENT_READ, conn)
+        self._touch(conn)
+        conn.session.continue_command(lambda: then(future.result()))
+        self._between_commands(conn)
+        self._commands(conn)
 
     def _flush(self, conn: _Connection, ending: bool = False) -> bool:
         """Send queued replies; True when all went and the session reads on.  Otherwise
@@ -306,6 +398,8 @@ class EventLoop:
             return False
         if done == conn.writing:  # switch between waiting to write and to read
             conn.writing = not done
+            if conn.busy:
+                return done  # registered again, the right way, when its job is done
             self._selector.modify(conn.io.sock, selectors.EVENT_WRITE if conn.writing
                                   else selectors.EVENT_READ, conn)
         return done

@@ -34,7 +34,7 @@ from typing import Any
 
 from .. import VERSION, delivery, policy, reply, routing
 from ..envelope import Envelope
-from ..net.lineio import Closed, DataLineTooLong, DataTooBig, Timeout
+from ..net.lineio import Closed, DataLineTooLong, DataReader, DataTooBig, Timeout
 from ..reply import Disconnect, Refusal, Reply
 from ..session import Handler, Session
 from . import address
@@ -96,6 +96,7 @@ class SMTPSession(Session):
         self.body_8bit = False
         self._out = bytearray()
         self._hold = False
+        self._data_id = ""  # the transaction whose message data is being read
 
     @classmethod
     def busy_line(cls) -> bytes:
@@ -244,51 +245,79 @@ class SMTPSession(Session):
             policy.check_relay(self.ctx, self.peer_ip, self.authenticated)
 
     def do_data(self, arg: str) -> None:
+        """354, then the message data: read here on a thread, or in the event loop as it
+        arrives; its acceptance (fsyncs) on a worker there (LineIO's ``collect`` and
+        ``offload``, which a LoopIO does the loop's way)."""
         if arg.strip():
             raise Refusal(reply.BAD_ARGS, "DATA takes no arguments")
         if not self.rcpts:  # RFC 5321 3.3: 554 when every RCPT was refused
             raise Refusal(reply.NO_VALID_RCPTS)
         self.send(reply.START_DATA)
         self.io.settimeout(float(self.cfg.TIMEOUT_SMTP5))
-        ident = transaction_id()
-        size = 0
+        self._data_id = transaction_id()
+        reader = DataReader(self.max_size)
         try:
-            data = self.io.read_data(self.max_size)
-            size = len(data)
-            answer = self.accept(data, ident)
+            self.io.collect(reader, lambda: self._data_received(reader))
         except Timeout:
-            self.log.info("%s: timeout while reading message data", self.describe())
-            raise Disconnect(self.TIMEOUT) from None
+            self.timed_out()
+            raise Disconnect(None) from None
+
+    def _data_received(self, reader: DataReader) -> None:
+        try:
+            data = reader.result()
         except DataTooBig:
-            answer = reply.TOO_BIG.with_text(f"Message size exceeds the limit of "
-                                             f"{self.max_size} octets")
+            self._data_answered(0, reply.TOO_BIG.with_text(
+                f"Message size exceeds the limit of {self.max_size} octets"))
+            return
         except DataLineTooLong:
-            answer = reply.TEXT_LINE_TOO_LONG
-        finally:
-            rcpts, sender = len(self.rcpts), self.mail_from
-            self.reset()
+            self._data_answered(0, reply.TEXT_LINE_TOO_LONG)
+            return
+        ident = self._data_id
+        self.io.offload(lambda: self.accept(data, ident),
+                        lambda answer: self._data_answered(len(data), answer))
+
+    def _data_answered(self, size: int, answer: Reply) -> None:
+        ident, rcpts, sender = self._data_id, len(self.rcpts), self.mail_from
+        self._data_id = ""
+        self.reset()
         self.log.info("%s: DATA id %s from <%s> to %d recipient(s), %d octets: %s",
                       self.describe(), ident, sender, rcpts, size, answer)
         if answer.is_permanent:
             raise Refusal(answer)
         self.send(answer)
 
+    def timed_out(self) -> None:
+        if self._data_id:
+            self.log.info("%s: timeout while reading message data", self.describe())
+            self.send(self.TIMEOUT)
+        else:
+            super().timed_out()
+
     def accept(self, data: bytes, ident: str) -> Reply:
-        """Check the whole message, add Received:, hand it to delivery; the reply for DATA."""
-        received = count_received(data)
-        if received > MAX_RECEIVED:
-            return reply.LOOP.with_text(f"Routing loop detected: {received} Received headers")
+        """Check the whole message, add Received:, hand it to delivery; the reply for DATA
+        (a failure here is a temporary one: the client keeps the message)."""
         try:
-            policy.check_out_size(self.ctx.store, self.mail_from, len(data))
-        except Refusal as refusal:
-            return refusal.reply
-        envelope = Envelope(self.mail_from, list(self.rcpts), client_ip=self.peer_ip,
-                            helo=self.helo, authenticated=self.authenticated,
-                            body_8bit=self.body_8bit)
-        answer = delivery.accept(self.ctx, envelope, self.received_header(ident) + data)
+            received = count_received(data)
+            if received > MAX_RECEIVED:
+                return reply.LOOP.with_text(f"Routing loop detected: {received} Received headers")
+            try:
+                policy.check_out_size(self.ctx.store, self.mail_from, len(data))
+            except Refusal as refusal:
+                return refusal.reply
+            envelope = Envelope(self.mail_from, list(self.rcpts), client_ip=self.peer_ip,
+                                helo=self.helo, authenticated=self.authenticated,
+                                body_8bit=self.body_8bit)
+            answer = delivery.accept(self.ctx, envelope, self.received_header(ident) + data)
+        except Exception:
+            self.log.exception("%s: internal error accepting message %s", self.describe(), ident)
+            return self.LOCAL_ERROR
         if 200 <= answer.code < 300:
             self.ctx.stats.incr("mails_received")
         return answer
+
+    # ---- the event loop serves the session between transactions ----
+    def loop_ready(self) -> bool:
+        return self.state == "helo"
 
     def received_header(self, ident: str) -> bytes:
         """RFC 5321 4.4 trace field; FOR only with a single recipient (privacy)."""
