@@ -368,6 +368,9 @@ def test_session_log(mx):
     assert "MAIL FROM:<logger@x.test>" in text
     assert "RCPT TO <nobody@acme.test> rejected: 550 5.1.1" in text
     assert "RCPT TO:<mick@acme.test> accepted" in text
+    # after EHLO the event loop serves the session (the acceptance runs on a worker)
+    [data_line] = [line for line in text.splitlines() if "from <logger@x.test> to 1" in line]
+    assert " INFO [event-loop] " in data_line
 
 
 # ---- timeouts (TIMEOUT_SMTP1..5) ----

@@ -1,0 +1,112 @@
+"""The SMTP session's message data on its own thread and in the event loop: the same
+script gives the same replies both ways (STYLE.md habit 9: a session over a socket pair).
+
+On a thread, ``DATA`` reads the message and accepts it at once; in the event loop the
+message is fed to a :class:`~extremail.net.lineio.DataReader` as it arrives and accepted
+on a worker thread, while the loop serves other sessions.  Acceptance is replaced here by
+a recorder: what is tested is the protocol around it (the wire tests deliver for real).
+"""
+
+from __future__ import annotations
+
+import socket
+import threading
+from types import SimpleNamespace
+
+import pytest
+
+from extremail import config
+from extremail.control import Context
+from extremail.net.eventloop import EventLoop
+from extremail.reply import Reply
+from extremail.smtp.server import SMTPSession
+from extremail.store import Store
+
+
+@pytest.fixture(params=["thread", "loop"])
+def smtp(request, tmp_path):
+    cfg = config.build(str(tmp_path), {"CFG_HOSTNAME": "mx.loop.test", "CFG_MAX_MAIL_SIZE": "1",
+                                       "TIMEOUT_SMTP5": "1"})
+    ctx = Context(cfg=cfg, store=Store(cfg))
+    if request.param == "loop":
+        ctx.loop = EventLoop()
+        ctx.loop.start()
+    server_end, client_end = socket.socketpair()
+    session = SMTPSession(ctx, server_end, ("127.0.0.1", 2525))
+    accepted: list[tuple[bytes, str]] = []
+
+    def accept(data: bytes, ident: str) -> Reply:
+        accepted.append((data, threading.current_thread().name))
+        return Reply(250, "2.0.0", f"Ok: queued as {ident}")
+    session.accept = accept
+    session.check_recipient = lambda recipient: None
+    ended = threading.Event()
+    session.on_end = ended.set
+    threading.Thread(target=session.run, daemon=True).start()
+    client_end.settimeout(10)
+    client = SimpleNamespace(sock=client_end, reader=client_end.makefile("rb"), accepted=accepted,
+                             ended=ended, mode=request.param)
+    assert reply(client).startswith(b"220 ")
+    client.sock.sendall(b"EHLO client.test\r\n")
+    assert reply(client).startswith(b"250 ")
+    yield client
+    client.reader.close()  # the socket closes with its last user
+    client_end.close()
+    assert ended.wait(10)
+    if ctx.loop is not None:
+        ctx.loop.stop()
+
+
+def reply(client) -> bytes:
+    """One whole reply (the last line of a multi-line one)."""
+    while True:
+        line = client.reader.readline()
+        if line[3:4] != b"-":
+            return line
+
+
+def codes(client, count: int) -> list[int]:
+    return [int(reply(client)[:3]) for _ in range(count)]
+
+
+def test_message_in_pieces_with_the_next_transaction_pipelined_behind_its_end(smtp) -> None:
+    smtp.sock.sendall(b"MAIL FROM:<a@x.test>\r\nRCPT TO:<b@y.test>\r\nDATA\r\n")
+    assert codes(smtp, 3) == [250, 250, 354]
+    stream = (b"Subject: s\r\n\r\n..dotted\r\nline\r\n.\r\n"
+              b"MAIL FROM:<c@x.test>\r\nRCPT TO:<d@y.test>\r\nDATA\r\n")
+    for start in range(0, len(stream), 5):
+        smtp.sock.sendall(stream[start:start + 5])
+    assert codes(smtp, 4) == [250, 250, 250, 354]
+    smtp.sock.sendall(b".\r\nQUIT\r\n")  # an empty message, then goodbye in the same write
+    assert codes(smtp, 2) == [250, 221]
+    assert smtp.ended.wait(10)
+    assert [data for data, _ in smtp.accepted] == [b"Subject: s\r\n\r\n.dotted\r\nline\r\n", b""]
+    on_workers = [name.startswith("event-loop-worker") for _, name in smtp.accepted]
+    assert on_workers == [smtp.mode == "loop"] * 2
+
+
+def test_too_big_is_refused_and_the_session_goes_on(smtp) -> None:
+    smtp.sock.sendall(b"MAIL FROM:<a@x.test>\r\nRCPT TO:<b@y.test>\r\nDATA\r\n")
+    assert codes(smtp, 3) == [250, 250, 354]
+    smtp.sock.sendall(b"Subject: big\r\n\r\n" + (b"x" * 70 + b"\r\n") * 30 + b".\r\n")
+    assert reply(smtp).startswith(b"552 5.3.4 ")
+    smtp.sock.sendall(b"MAIL FROM:<a@x.test>\r\n")  # the transaction was reset: MAIL is next
+    assert codes(smtp, 1) == [250]
+    assert smtp.accepted == []
+
+
+def test_a_client_silent_in_the_middle_of_data_is_timed_out(smtp) -> None:
+    smtp.sock.sendall(b"MAIL FROM:<a@x.test>\r\nRCPT TO:<b@y.test>\r\nDATA\r\n")
+    assert codes(smtp, 3) == [250, 250, 354]
+    smtp.sock.sendall(b"Subject: half\r\n")
+    assert reply(smtp).startswith(b"421 4.4.2 ")  # TIMEOUT_SMTP5, 1 s here
+    assert smtp.reader.readline() == b""
+    assert smtp.ended.wait(10) and smtp.accepted == []
+
+
+def test_a_client_leaving_in_the_middle_of_data_ends_its_session_only(smtp) -> None:
+    smtp.sock.sendall(b"MAIL FROM:<a@x.test>\r\nRCPT TO:<b@y.test>\r\nDATA\r\n")
+    assert codes(smtp, 3) == [250, 250, 354]
+    smtp.sock.sendall(b"Subject: cut\r\n\r\nno end mark")
+    smtp.sock.shutdown(socket.SHUT_WR)
+    assert smtp.ended.wait(10) and smtp.accepted == []
