@@ -23,14 +23,25 @@ from extremail.smtp.server import SMTPSession
 from extremail.store import Store
 
 
-@pytest.fixture(params=["thread", "loop"])
+@pytest.fixture(params=["thread", "loop", "loop-alone"])
 def smtp(request, tmp_path):
+    """A session after EHLO.  "loop": the event loop serves another session too, so the
+    acceptance runs on a worker; "loop-alone": it runs in the loop's own thread."""
     cfg = config.build(str(tmp_path), {"CFG_HOSTNAME": "mx.loop.test", "CFG_MAX_MAIL_SIZE": "1",
                                        "TIMEOUT_SMTP5": "1"})
     ctx = Context(cfg=cfg, store=Store(cfg))
-    if request.param == "loop":
+    others = []
+    if request.param != "thread":
         ctx.loop = EventLoop()
         ctx.loop.start()
+    if request.param == "loop":
+        other, other_client = socket.socketpair()
+        threading.Thread(target=SMTPSession(ctx, other, ("127.0.0.1", 2526)).run, daemon=True).start()
+        other_client.sendall(b"EHLO other.test\r\n")
+        others = [other_client, other_client.makefile("rb")]
+        assert others[1].readline().startswith(b"220 ")
+        while others[1].readline()[3:4] == b"-":
+            pass  # the EHLO reply: that session is in the loop now
     server_end, client_end = socket.socketpair()
     session = SMTPSession(ctx, server_end, ("127.0.0.1", 2525))
     accepted: list[tuple[bytes, str]] = []
@@ -42,7 +53,7 @@ def smtp(request, tmp_path):
     session.check_recipient = lambda recipient: None
     ended = threading.Event()
     session.on_end = ended.set
-    threading.Thread(target=session.run, daemon=True).start()
+    threading.Thread(target=session.run, name="smtp-session", daemon=True).start()
     client_end.settimeout(10)
     client = SimpleNamespace(sock=client_end, reader=client_end.makefile("rb"), accepted=accepted,
                              ended=ended, mode=request.param)
@@ -52,6 +63,8 @@ def smtp(request, tmp_path):
     yield client
     client.reader.close()  # the socket closes with its last user
     client_end.close()
+    for item in reversed(others):
+        item.close()
     assert ended.wait(10)
     if ctx.loop is not None:
         ctx.loop.stop()
@@ -81,8 +94,9 @@ def test_message_in_pieces_with_the_next_transaction_pipelined_behind_its_end(sm
     assert codes(smtp, 2) == [250, 221]
     assert smtp.ended.wait(10)
     assert [data for data, _ in smtp.accepted] == [b"Subject: s\r\n\r\n.dotted\r\nline\r\n", b""]
-    on_workers = [name.startswith("event-loop-worker") for _, name in smtp.accepted]
-    assert on_workers == [smtp.mode == "loop"] * 2
+    where = {"thread": "smtp-", "loop": "event-loop-worker", "loop-alone": "event-loop"}[smtp.mode]
+    assert all(name.startswith(where) and (where == "event-loop-worker") == ("worker" in name)
+               for _, name in smtp.accepted)
 
 
 def test_too_big_is_refused_and_the_session_goes_on(smtp) -> None:

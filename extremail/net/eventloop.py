@@ -309,8 +309,9 @@ class EventLoop:
             waiting = False  # for more input
             while not session.done and not io.backlogged():
                 if io.job is not None:
-                    self._offload(conn)
-                    return
+                    if not self._offload(conn):
+                        return
+                    continue
                 if io.reader is not None:
                     reader, then = io.reader
                     if not reader.feed(buffer):
@@ -355,18 +356,25 @@ class EventLoop:
             conn.session.idle = True
             conn.io.settimeout(conn.session.timeout())
 
-    def _offload(self, conn: _Connection) -> None:
-        """Run the session's job on a worker; its input is not read meanwhile."""
+    def _offload(self, conn: _Connection) -> bool:
+        """Run the session's job on a worker, its input not read meanwhile (False); or
+        here and now when it is the loop's only session, where a worker would only add
+        two thread wake-ups to its wait (True: the session goes on)."""
         assert conn.io.job is not None
         (job, then), conn.io.job = conn.io.job, None
         # Earlier replies go first; a peer that has gone ends the session here.
         if not self._flush(conn) and conn not in self._connections:
-            return
+            return False
+        if len(self._connections) == 1:
+            conn.session.continue_command(lambda: then(job()))
+            self._between_commands(conn)
+            return True
         self._selector.unregister(conn.io.sock)
         conn.busy = True
         conn.deadline = float("inf")
         future = self._workers.submit(job)
         future.add_done_callback(lambda done: self._job_finished(conn, then, done))
+        return False
 
     def _job_finished(self, conn: _Connection, then: Callable[[Any], None],
                       future: Future[Any]) -> None:
