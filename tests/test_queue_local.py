@@ -84,8 +84,8 @@ def test_pipe_gets_the_message_on_stdin_without_a_shell(piped) -> None:
     assert data.startswith(b"Return-Path: <a@remote.test>\nDelivered-To: pipe@acme.test\nReceived: ")
     assert data.endswith(b"\n\nline one\nline two\n") and b"\r" not in data
     wait_until(lambda: queue_rows(server) == [], what="the queue to empty")
-    assert re.search(r"relay=pipe status=delivered \(250 2\.0\.0 Delivered to program: program says "
-                     r"exit 0\)", server.log_text())
+    assert server.logged("relay=pipe status=delivered (250 2.0.0 Delivered to program: program says "
+                         "exit 0)")
 
 
 def test_exit_75_is_retried_and_listed_then_delivered_on_resend(piped) -> None:
