@@ -11,6 +11,7 @@ import ctypes
 import errno
 import os
 import threading
+from collections.abc import Callable
 
 
 def fsync_directory(path: str) -> None:
@@ -107,6 +108,17 @@ def write_new(path: str, data: bytes, mode: int = 0o600) -> None:
     os.close(fd)
 
 
+def _through(tmp: str, data: bytes, mode: int, place: Callable[[], None]) -> None:
+    """Write ``tmp`` whole and fsynced, then ``place`` it (a link or a rename); on failure
+    nothing is left at ``tmp``."""
+    write_new(tmp, data, mode)
+    try:
+        place()
+    except BaseException:
+        os.unlink(tmp)
+        raise
+
+
 def publish(tmp: str, path: str, data: bytes, mode: int = 0o600) -> None:
     """Create the new file ``path`` holding ``data``, fsynced, that nobody sees before it is
     whole (the Maildir rule, and the spool's commit), and never in place of another file;
@@ -134,12 +146,7 @@ def publish(tmp: str, path: str, data: bytes, mode: int = 0o600) -> None:
                 _anonymous.usable = False
             finally:
                 os.close(fd)
-    write_new(tmp, data, mode)
-    try:
-        os.link(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
+    _through(tmp, data, mode, lambda: os.link(tmp, path))
     try:
         os.unlink(tmp)
     except OSError:
@@ -271,10 +278,5 @@ def atomic_write(path: str, data: bytes, mode: int = 0o600) -> None:
         os.unlink(tmp)  # left by a crash of an earlier process with the same pid
     except FileNotFoundError:
         pass
-    write_new(tmp, data, mode)
-    try:
-        os.rename(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
+    _through(tmp, data, mode, lambda: os.rename(tmp, path))
     fsync_directory(os.path.dirname(path) or ".")

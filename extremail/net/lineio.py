@@ -125,13 +125,6 @@ class LineIO:
         """True when the peer has already sent more input (pipelining)."""
         return bool(self.buffer)
 
-    def read_data(self, max_size: int) -> bytes:
-        """Message data up to ``<CRLF>.<CRLF>`` (see :class:`DataReader`)."""
-        reader = DataReader(max_size)
-        while not reader.feed(self.buffer):
-            self._fill()
-        return reader.result()
-
     # ---- the calls a session shares with the event loop's LoopIO ----
     def collect(self, reader: DataReader, then: Callable[[], None]) -> None:
         """Feed the input to ``reader`` until it has all it wants, then call ``then``; here

@@ -12,7 +12,7 @@ RFC 3463 code).  VRFY answers 252 unless CFG_VRFY=1 (then local users only).
 Limits (RFC 5321 4.5.3.1): command lines 512 octets, text lines 1000, paths 256,
 CFG_MAX_RCPT recipients (at least 100), CFG_MAX_MAIL_SIZE; TIMEOUT_SMTP1..5 per stage;
 too many errors end the session with 421.  End of data is ``<CRLF>.<CRLF>`` only
-(:meth:`~extremail.net.lineio.LineIO.read_data`), so no bare-LF smuggling.
+(:class:`~extremail.net.lineio.DataReader`), so no bare-LF smuggling.
 
 Pipelining (RFC 2920 3.1): replies to RSET, MAIL, RCPT and NOOP are held while more
 commands are already waiting, and sent together; every other reply flushes them.
