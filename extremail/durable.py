@@ -124,15 +124,17 @@ def publish(tmp: str, path: str, data: bytes, mode: int = 0o600) -> None:
     whole (the Maildir rule, and the spool's commit), and never in place of another file;
     the caller fsyncs its directory.
 
-    Where the kernel allows, the file is written without a name (O_TMPFILE in the
-    directory of ``tmp``) and then linked at ``path``: no entry is made in that directory
-    and taken out again, and the file's fsync writes no directory (ext4 without a journal
-    syncs the directory of a newly named file with it).  Otherwise it is written as
-    ``tmp``, linked at ``path`` and unlinked.  On failure nothing is left at either place.
+    Where the kernel allows, the file is written without a name (O_TMPFILE, a spare one
+    made ahead on the file system of ``tmp``) and then linked at ``path``: no entry is
+    made in a directory and taken out again, and the file's fsync writes no directory
+    (ext4 without a journal syncs the directory of a newly named file with it).
+    Otherwise it is written as ``tmp``, linked at ``path`` and unlinked.  On failure
+    nothing is left at either place.
     """
     if _anonymous.usable:
+        directory = os.path.dirname(tmp)
         try:
-            fd = _spares.take(os.path.dirname(tmp), mode)
+            fd = _spares.take(directory, mode)
         except OSError as exc:
             if exc.errno not in _NO_TMPFILE:
                 raise
@@ -141,11 +143,20 @@ def publish(tmp: str, path: str, data: bytes, mode: int = 0o600) -> None:
             try:
                 _write_all(fd, data)
                 os.fsync(fd)
-                if _anonymous.link(fd, path):
-                    return
-                _anonymous.usable = False
+                try:
+                    linked = _anonymous.link(fd, path)
+                except OSError as exc:
+                    if exc.errno != errno.EXDEV:
+                        raise
+                    linked = False
             finally:
                 os.close(fd)
+            if linked:
+                return
+            if _spares.set_apart(directory):  # the spare was made on another mount of its device
+                publish(tmp, path, data, mode)
+                return
+            _anonymous.usable = False
     _through(tmp, data, mode, lambda: os.link(tmp, path))
     try:
         os.unlink(tmp)
@@ -158,51 +169,62 @@ def _open_unnamed(directory: str, mode: int) -> int:
 
 
 class _SpareFiles:
-    """Unnamed files opened ahead of need, a few for each directory recently written in.
+    """Unnamed files opened ahead of need, a stock for each file system written on.
 
     Why: ext4 without a journal passes over every inode freed in the last minutes before
     it hands one out (``recently_deleted`` in its allocator), so after a mass delete
     creating a file costs about a millisecond of CPU.  A thread of its own creates the
     next files while sessions wait on the network or on fsync, so that cost is not on a
-    message's path.  An unused spare vanishes with the process: it has no name.
+    message's path.  An unnamed file may be linked into any directory of the mount it was
+    made on, so one stock serves every Maildir of a file system, however many receive
+    mail at once; it is made in the directory used last.  A directory on another mount
+    of the same device (a bind mount) refuses the link and is set apart: it gets files
+    of its own.  An unused spare vanishes with the process: it has no name.
     """
 
-    KEEP = 8        # spares per directory
-    DIRECTORIES = 8  # directories served; the least recently used one gives way
+    KEEP = 32  # spares per (device, mode); made again once half are taken
 
     def __init__(self) -> None:
         self._cond = threading.Condition()
-        self._ready: dict[tuple[str, int], list[int]] = {}  # (directory, mode) -> fds
+        self._ready: dict[tuple[int, int], list[int]] = {}  # (st_dev, mode) -> fds
+        self._where: dict[tuple[int, int], str] = {}        # where more are made
+        self._apart: set[str] = set()
         self._thread: threading.Thread | None = None
 
     def take(self, directory: str, mode: int) -> int:
-        """An unnamed file in ``directory``: a spare, or opened now."""
-        key = (directory, mode)
+        """An unnamed file for ``directory``: a spare, or opened there now."""
+        if directory in self._apart:
+            return _open_unnamed(directory, mode)
+        key = (os.stat(directory).st_dev, mode)
         with self._cond:
-            spares = self._ready.pop(key, None)
-            if spares is None:
-                spares = []
-                if len(self._ready) >= self.DIRECTORIES:
-                    for fd in self._ready.pop(next(iter(self._ready))):
-                        os.close(fd)
-            self._ready[key] = spares  # now the most recently used
+            spares = self._ready.setdefault(key, [])
+            self._where[key] = directory
             fd = spares.pop() if spares else -1
-            if self._thread is None:
-                self._thread = threading.Thread(target=self._refill, name="spare-files",
-                                                daemon=True)
-                self._thread.start()
-            self._cond.notify()
+            if len(spares) < self.KEEP // 2:  # in batches: one wake-up for many files
+                if self._thread is None:
+                    self._thread = threading.Thread(target=self._refill, name="spare-files",
+                                                    daemon=True)
+                    self._thread.start()
+                self._cond.notify()
         return fd if fd >= 0 else _open_unnamed(directory, mode)
+
+    def set_apart(self, directory: str) -> bool:
+        """Make ``directory``'s files there from now on; False when it already was."""
+        with self._cond:
+            if directory in self._apart:
+                return False
+            self._apart.add(directory)
+            return True
 
     def _refill(self) -> None:
         while True:
             with self._cond:
-                while not (short := [key for key, fds in self._ready.items()
+                while not (short := [(key, self._where[key]) for key, fds in self._ready.items()
                                      if len(fds) < self.KEEP]):
                     self._cond.wait()
-            for key in short:
+            for key, directory in short:
                 try:
-                    fd = _open_unnamed(*key)
+                    fd = _open_unnamed(directory, key[1])
                 except OSError:  # gone, full, or not possible: take() opens and reports
                     with self._cond:
                         for spare in self._ready.pop(key, []):
@@ -211,7 +233,7 @@ class _SpareFiles:
                 with self._cond:
                     spares = self._ready.get(key)
                     if spares is None:
-                        os.close(fd)  # the directory gave way meanwhile
+                        os.close(fd)  # given up meanwhile
                     else:
                         spares.append(fd)
 

@@ -1,7 +1,9 @@
 """Daily log files in DIR_LOG (a new file each day), honouring CFG_LOG_LEVEL.
 
-Levels: 0 nothing, 1 errors, 2 warnings, 3 one line per session event and per delivery,
-4 details, 5 debug.  Nothing here ever receives a password: callers log through
+Levels: 0 nothing, 1 errors, 2 warnings, 3 one line per session event and per delivery
+(for SMTP: the connection, HELO/EHLO, each refusal, each message's DATA with its sender
+and outcome, each delivery with its recipient), 4 details (each accepted MAIL FROM and
+RCPT TO as well), 5 debug.  Nothing here ever receives a password: callers log through
 :func:`redact` when they trace a protocol line.
 """
 

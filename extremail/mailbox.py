@@ -47,8 +47,10 @@ def unique_name(size: int, vsize: int) -> str:
 
 
 def virtual_size(data: bytes) -> int:
-    """Size of LF-form ``data`` once sent with CRLF line ends."""
-    return len(data) + data.count(b"\n") - data.count(b"\r\n")
+    """Size of LF-form ``data`` once sent with CRLF line ends.  A CR is rare in it, and
+    looking for one costs far less than counting CRLFs."""
+    crlf = data.count(b"\r\n") if b"\r" in data else 0
+    return len(data) + data.count(b"\n") - crlf
 
 
 @dataclass(frozen=True)

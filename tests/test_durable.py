@@ -4,6 +4,7 @@ absent, by an unnamed file where the kernel allows, through a name in tmp otherw
 
 from __future__ import annotations
 
+import errno
 import os
 import threading
 import time
@@ -149,27 +150,58 @@ def test_publish_through_tmp_without_o_tmpfile(monkeypatch, tmp_path) -> None:
         return real_open(path, flags, mode)
     monkeypatch.setattr(durable.os, "open", no_tmpfile)
     monkeypatch.setattr(durable._anonymous, "usable", True)
+    monkeypatch.setattr(durable, "_spares", durable._SpareFiles())  # none made before
     _publish_and_check(tmp_path)
     assert not durable._anonymous.usable
 
 
 def test_spare_unnamed_files_are_made_ahead_and_taken(tmp_path) -> None:
+    """One stock per file system: a spare made in one directory is linked into another."""
     if not durable._anonymous.usable:
         pytest.skip("this kernel or process cannot link unnamed files")
     spares = durable._SpareFiles()
-    directories = [tmp_path / f"d{i}" for i in range(spares.DIRECTORIES + 1)]
-    for directory in directories:
-        directory.mkdir()
-    key = (str(directories[0]), 0o600)
-    os.close(spares.take(*key))  # none ready yet: opened at once, and the thread starts
+    first, second = tmp_path / "d1", tmp_path / "d2"
+    first.mkdir()
+    second.mkdir()
+    key = (os.stat(first).st_dev, 0o600)
+    os.close(spares.take(str(first), 0o600))  # none ready yet: opened at once, the thread starts
     wait_until(lambda: len(spares._ready[key]) == spares.KEEP, what="spares made ahead")
     ready = list(spares._ready[key])
-    fd = spares.take(*key)
-    assert fd == ready[-1] and len(spares._ready[key]) < spares.KEEP
+    fd = spares.take(str(second), 0o600)  # another directory of the same file system
+    assert fd == ready[-1] and len(spares._ready[key]) == spares.KEEP - 1
     durable._write_all(fd, b"hello\n")
-    assert durable._anonymous.link(fd, str(directories[0] / "m1"))
+    assert durable._anonymous.link(fd, str(second / "m1"))
     os.close(fd)
-    assert (directories[0] / "m1").read_bytes() == b"hello\n"
-    for directory in directories[1:]:  # one directory more than are served
-        os.close(spares.take(str(directory), 0o600))
-    assert key not in spares._ready and len(spares._ready) == spares.DIRECTORIES
+    assert (second / "m1").read_bytes() == b"hello\n"
+    assert len(spares._ready) == 1  # not a stock per directory
+
+
+def test_a_directory_that_refuses_a_spare_gets_files_of_its_own(monkeypatch, tmp_path) -> None:
+    """A link across mounts of one device (a bind mount) fails with EXDEV: the message is
+    written again in a file made in its own directory, and so are the next ones."""
+    if not durable._anonymous.usable:
+        pytest.skip("this kernel or process cannot link unnamed files")
+    (tmp_path / "tmp").mkdir()
+    (tmp_path / "new").mkdir()
+    link = durable._anonymous.link
+    taken: list[int] = []
+    spares = durable._SpareFiles()
+    stock = spares.take
+
+    def take(directory: str, mode: int) -> int:
+        taken.append(directory in spares._apart)
+        return stock(directory, mode)
+
+    def cross_mount_once(fd: int, path: str) -> bool:
+        if not taken[-1]:
+            raise OSError(errno.EXDEV, os.strerror(errno.EXDEV), path)
+        return link(fd, path)
+
+    monkeypatch.setattr(durable, "_spares", spares)
+    monkeypatch.setattr(spares, "take", take)
+    monkeypatch.setattr(durable._anonymous, "link", cross_mount_once)
+    for name in ("m1", "m2"):
+        durable.publish(str(tmp_path / "tmp" / name), str(tmp_path / "new" / name), b"x\n")
+        assert (tmp_path / "new" / name).read_bytes() == b"x\n"
+    assert taken == [False, True, True] and durable._anonymous.usable
+    assert list((tmp_path / "tmp").iterdir()) == []

@@ -14,6 +14,7 @@ from typing import BinaryIO
 import pytest
 
 from extremail import auth, login, mailbox, pop3_mailbox
+from extremail.net.lineio import to_crlf
 from extremail.mailbox import Maildir
 from extremail.pop3 import AUTH_FAILED, BAD_BASE64, _plain_credentials
 from extremail.pop3_mailbox import LockTable, Maildrop, NoSuchMessage, retr_chunks, top_text
@@ -238,3 +239,8 @@ def test_top_text(tmp_path):
     assert top_text(_file(path), 9) == b"A: 1\r\nB: 2\r\n\r\n..one\r\ntwo\r\nthree\r\n.\r\n"
     path.write_bytes(b"A: 1\nno body")
     assert top_text(_file(path), 1) == b"A: 1\r\nno body\r\n.\r\n"
+
+
+@pytest.mark.parametrize("data", [b"", b"a\nb\n", b"a\r\nb\n", b"c\r", b"\r\r\n", b"x\ry\n\r\n"])
+def test_virtual_size_is_the_size_on_the_wire(data: bytes) -> None:
+    assert mailbox.virtual_size(data) == len(to_crlf(data))

@@ -32,7 +32,7 @@ from datetime import UTC, datetime
 from email.utils import format_datetime
 from typing import Any
 
-from .. import VERSION, delivery, policy, reply, routing
+from .. import VERSION, delivery, log, policy, reply, routing
 from ..envelope import Envelope
 from ..net.lineio import Closed, DataLineTooLong, DataReader, DataTooBig, Timeout
 from ..reply import Disconnect, Refusal, Reply
@@ -216,7 +216,7 @@ class SMTPSession(Session):
         self.declared_size = args.size
         self.body_8bit = args.body_8bit
         self.state = "mail"
-        self.log.info("%s: MAIL FROM:<%s> size=%d", self.describe(), sender, args.size)
+        self.log.log(log.DETAIL, "%s: MAIL FROM:<%s> size=%d", self.describe(), sender, args.size)
         self.send(reply.SENDER_OK, f"<{sender}> Sender OK")
 
     def do_rcpt(self, arg: str) -> None:
@@ -232,7 +232,7 @@ class SMTPSession(Session):
         if recipient.lower() not in (known.lower() for known in self.rcpts):
             self.rcpts.append(recipient)
         self.state = "rcpt"
-        self.log.info("%s: RCPT TO:<%s> accepted", self.describe(), recipient)
+        self.log.log(log.DETAIL, "%s: RCPT TO:<%s> accepted", self.describe(), recipient)
         self.send(reply.RCPT_OK, f"<{recipient}> Recipient OK")
 
     def check_recipient(self, recipient: str) -> None:
