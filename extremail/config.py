@@ -225,16 +225,15 @@ class Config:
 
     def __init__(self, base: str, values: Mapping[str, Any], text: Mapping[str, str],
                  path: str | None) -> None:
+        # Plain instance attributes: sessions read several parameters per command, and a
+        # lookup that falls through to __getattr__ costs several times as much.
+        self.__dict__.update(values)
         object.__setattr__(self, "base", base)
         object.__setattr__(self, "path", path)
-        object.__setattr__(self, "_values", MappingProxyType(dict(values)))
         object.__setattr__(self, "text", MappingProxyType(dict(text)))
 
     def __getattr__(self, name: str) -> Any:
-        try:
-            return self._values[name]
-        except KeyError:
-            raise AttributeError(name) from None
+        raise AttributeError(name)  # for type checkers: every parameter is an attribute
 
     def __setattr__(self, name: str, value: Any) -> None:
         raise AttributeError("Config is immutable")

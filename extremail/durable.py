@@ -183,19 +183,26 @@ class _SpareFiles:
     """
 
     KEEP = 32  # spares per (device, mode); made again once half are taken
+    REMEMBER = 10000  # directories whose device is known without a stat
 
     def __init__(self) -> None:
         self._cond = threading.Condition()
         self._ready: dict[tuple[int, int], list[int]] = {}  # (st_dev, mode) -> fds
         self._where: dict[tuple[int, int], str] = {}        # where more are made
         self._apart: set[str] = set()
+        self._devices: dict[str, int] = {}
         self._thread: threading.Thread | None = None
 
     def take(self, directory: str, mode: int) -> int:
         """An unnamed file for ``directory``: a spare, or opened there now."""
         if directory in self._apart:
             return _open_unnamed(directory, mode)
-        key = (os.stat(directory).st_dev, mode)
+        device = self._devices.get(directory)
+        if device is None:  # a stale entry only costs a refused link (set apart) or ENOENT
+            if len(self._devices) >= self.REMEMBER:
+                self._devices.clear()
+            device = self._devices[directory] = os.stat(directory).st_dev
+        key = (device, mode)
         with self._cond:
             spares = self._ready.setdefault(key, [])
             self._where[key] = directory
