@@ -89,6 +89,19 @@ class LoopIO:
         return self.reader is not None or self.job is not None
 
     def write(self, data: bytes) -> None:
+        """Send ``data`` now if nothing waits before it (a reply leaves before the rest of
+        its command's work: logging, bookkeeping); queue what the socket does not take.
+        A failed send queues it too: the loop's next flush meets the error and ends the
+        session."""
+        if not self.pending:
+            try:
+                sent = self.sock.send(data)
+            except OSError:
+                sent = 0
+            self.bytes_out += sent
+            if sent == len(data):
+                return
+            data = data[sent:]
         if self.pending and isinstance(self.pending[-1], bytearray):
             self.pending[-1] += data
         else:

@@ -280,11 +280,13 @@ class SMTPSession(Session):
         ident, rcpts, sender = self._data_id, len(self.rcpts), self.mail_from
         self._data_id = ""
         self.reset()
-        self.log.info("%s: DATA id %s from <%s> to %d recipient(s), %d octets: %s",
-                      self.describe(), ident, sender, rcpts, size, answer)
-        if answer.is_permanent:
-            raise Refusal(answer)
-        self.send(answer)
+        try:
+            if answer.is_permanent:
+                raise Refusal(answer)
+            self.send(answer)
+        finally:  # after the reply: the client need not wait for the log
+            self.log.info("%s: DATA id %s from <%s> to %d recipient(s), %d octets: %s",
+                          self.describe(), ident, sender, rcpts, size, answer)
 
     def timed_out(self) -> None:
         if self._data_id:
