@@ -44,6 +44,23 @@ def test_commit_writes_message_and_envelope_that_recover_identically(spool: Spoo
         ("b@y.test", "b@y.test", "remote", QUEUED), ("pipe@local.test", "c@z.test", "pipe", QUEUED)]
 
 
+def test_first_attempt_takes_the_content_kept_since_the_commit(spool: Spool, monkeypatch) -> None:
+    """What the session just wrote is not read back; later attempts read the file, and the
+    copies kept in all stay within KEEP_BYTES."""
+    monkeypatch.setattr(Spool, "KEEP_BYTES", 2 * len(DATA))
+    first, second, third = (spool.commit(envelope(), DATA, recipients()) for _ in range(3))
+    assert first.kept == DATA and second.kept == DATA and third.kept is None  # over the budget
+    with open(first.path, "r+b") as handle:  # the file changes behind the copy: not read yet
+        handle.seek(first.offset)
+        handle.write(b"X")
+    assert spool.content(first) == DATA and first.kept is None
+    assert spool.content(first) == b"X" + DATA[1:]  # from now on: the file
+    spool.remove(second)  # a message removed unread gives its copy up too
+    assert spool._kept == 0
+    fourth = spool.commit(envelope(), DATA, recipients())
+    assert fourth.kept == DATA and spool.content(third) == DATA
+
+
 def test_state_updates_rewrite_the_envelope(spool: Spool) -> None:
     message = spool.commit(envelope(), DATA, recipients())
     first = message.recipients[0]

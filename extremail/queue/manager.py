@@ -81,6 +81,7 @@ class QueueManager:
         self.spool = Spool(self.cfg.DIR_QUEUE_MBOX, self.cfg.DIR_TMP, clock)
         self.messages: dict[str, QueuedMessage] = {}
         self.busy: set[str] = set()
+        self._claiming = 0  # management commands waiting for a busy message
         self.cond = threading.Condition()
         self._heap: list[tuple[float, int, str]] = []
         self._seq = itertools.count()
@@ -156,16 +157,25 @@ class QueueManager:
 
     def _claim(self, message: QueuedMessage) -> None:
         with self.cond:
-            while message.id in self.busy:
-                self.cond.wait()
+            self._claiming += 1
+            try:
+                while message.id in self.busy:
+                    self.cond.wait()
+            finally:
+                self._claiming -= 1
             self.busy.add(message.id)
 
     def _release(self, message: QueuedMessage) -> None:
+        """Give ``message`` back; wake one delivery thread if it is still queued (it may be
+        due before what the others wait for), every waiter if a management command waits
+        for a message (not one wake-up per thread for every message delivered)."""
         with self.cond:
             self.busy.discard(message.id)
             if message.id in self.messages:
                 self._schedule(message)
-            self.cond.notify_all()
+                self.cond.notify()
+            if self._claiming:
+                self.cond.notify_all()
 
     # ---- the delivery threads ----
     def _run(self) -> None:
@@ -211,7 +221,7 @@ class QueueManager:
         if not first:
             self.spool.save(message)
         if due:
-            data = message.read()
+            data = self.spool.content(message)
             outcomes = self._deliver(message, data, due)
             for r in due:
                 self._apply(message, r, outcomes.get(r.address)
@@ -310,7 +320,7 @@ class QueueManager:
         queued = [r for r in message.recipients if r.status == QUEUED]
         if queued and schedule.delay_dsn_due(message.envelope.arrived, now, cfg.CFG_HOR_DELAY_DSN,
                                              message.delayed_dsn_sent):
-            answer = dsn.send(self.ctx, dsn.DELAYED, message.envelope, message.read(), queued)
+            answer = dsn.send(self.ctx, dsn.DELAYED, message.envelope, self.spool.content(message), queued)
             if answer is None or not answer.is_temporary:
                 message.delayed_dsn_sent = True
                 self.spool.save(message)
@@ -318,7 +328,7 @@ class QueueManager:
             return
         failed = [r for r in message.recipients if r.status == FAILED]
         if failed and not message.failed_dsn_sent:
-            answer = dsn.send(self.ctx, dsn.FAILED, message.envelope, message.read(), failed)
+            answer = dsn.send(self.ctx, dsn.FAILED, message.envelope, self.spool.content(message), failed)
             if answer is not None and answer.is_temporary:
                 LOG.warning("queue %s: failure report not stored (%s); retrying later", message.id, answer)
                 message.hold_until = schedule.next_attempt(now, cfg.CFG_MIN_QUEUE)

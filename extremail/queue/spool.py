@@ -48,7 +48,7 @@ import os
 import re
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from .. import log
 from ..envelope import Envelope
@@ -110,6 +110,9 @@ class QueuedMessage:
     delayed_dsn_sent: bool = False
     failed_dsn_sent: bool = False
     hold_until: float = 0.0  # in memory only: no try before this (after an error of our own)
+    # In memory only: the content as committed, until its first attempt takes it
+    # (:meth:`Spool.content`), so a queue thread need not read back what was just written.
+    kept: bytes | None = field(default=None, repr=False, compare=False)
 
     def read(self) -> bytes:
         """The message as received (CRLF wire form)."""
@@ -210,7 +213,12 @@ def _unlink(path: str) -> None:
 class Spool:
     """The spool directories of one server."""
 
+    # Content kept in memory for first attempts, in all; past it, attempts read the file.
+    KEEP_BYTES = 32 * 1024 * 1024
+
     def __init__(self, queue_dir: str, tmp_dir: str, clock=time.time) -> None:
+        self._kept = 0
+        self._kept_lock = threading.Lock()
         self.root = queue_dir
         self.tmp = tmp_dir
         self.msg_dir = os.path.join(queue_dir, "msg")
@@ -244,7 +252,26 @@ class Spool:
         except BaseException:
             _unlink(message.path)  # never acknowledged: the client keeps it
             raise
+        with self._kept_lock:
+            if self._kept + len(data) <= self.KEEP_BYTES:
+                self._kept += len(data)
+                message.kept = data
         return message
+
+    def content(self, message: QueuedMessage) -> bytes:
+        """The message in CRLF wire form: the copy kept since its commit (given up now),
+        else read from its file."""
+        data = message.kept
+        if data is None:
+            return message.read()
+        self._forget_copy(message)
+        return data
+
+    def _forget_copy(self, message: QueuedMessage) -> None:
+        with self._kept_lock:
+            if message.kept is not None:
+                self._kept -= len(message.kept)
+                message.kept = None
 
     def save(self, message: QueuedMessage) -> None:
         """Write the current state (atomically): it supersedes the envelope it arrived with."""
@@ -253,6 +280,7 @@ class Spool:
     def remove(self, message: QueuedMessage) -> None:
         """Forget a finished message, the message first; no fsync (module header): a file
         a power failure brings back means a second delivery or a file set aside."""
+        self._forget_copy(message)
         _unlink(message.path)
         _unlink(os.path.join(self.env_dir, message.id))
 
