@@ -25,6 +25,7 @@ by the SMTP session and by :mod:`routing`; no part of them becomes a path or a c
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 from typing import Any
 
 from . import dsn, footer, log, reply, routing
@@ -68,22 +69,33 @@ def size_refusal(ctx: Any, user: User, size: int, at_rcpt: bool) -> Reply | None
     return None
 
 
-def check_rcpt(ctx: Any, address: str, sender: str, declared_size: int) -> None:
+def check_rcpt(ctx: Any, address: str, sender: str,
+               declared_size: int) -> Callable[[], None] | None:
     """RCPT-time checks for a recipient in a local domain (or bare ``postmaster``); a
-    remote recipient is the relay policy's business.  Raises :class:`Refusal`."""
+    remote recipient is the relay policy's business.  Raises :class:`Refusal`.
+
+    A target with a QUOTA needs its Maildir listed: those checks are returned, to be run
+    where a long listing blocks nobody else (the caller's worker), instead of run here."""
     if not routing.is_local(ctx.store, address):
-        return
+        return None
     targets = routing.check_recipient(ctx.store, ctx.cfg.postmaster, address, sender)
-    refusals: list[Reply | None] = []
-    for target in targets:
-        if target.kind == FAIL:
-            refusals.append(target.reply or reply.NO_SUCH_USER)
-        elif target.kind == LOCAL and target.user is not None:
-            refusals.append(size_refusal(ctx, target.user, declared_size, at_rcpt=True))
-        else:
-            refusals.append(None)
-    if all(refusals):  # no target at all can take the message
-        raise Refusal(next(r for r in refusals if r))
+
+    def sizes() -> None:
+        refusals: list[Reply | None] = []
+        for target in targets:
+            if target.kind == FAIL:
+                refusals.append(target.reply or reply.NO_SUCH_USER)
+            elif target.kind == LOCAL and target.user is not None:
+                refusals.append(size_refusal(ctx, target.user, declared_size, at_rcpt=True))
+            else:
+                refusals.append(None)
+        if all(refusals):  # no target at all can take the message
+            raise Refusal(next(r for r in refusals if r))
+
+    if any(target.user is not None and target.user.quota for target in targets):
+        return sizes
+    sizes()
+    return None
 
 
 def deliver_local(ctx: Any, sender: str, content: bytes, targets: list[Target],

@@ -16,9 +16,10 @@ from types import SimpleNamespace
 import pytest
 
 from extremail import config
+from extremail import reply as reply_module
 from extremail.control import Context
 from extremail.net.eventloop import EventLoop
-from extremail.reply import Reply
+from extremail.reply import Refusal, Reply
 from extremail.smtp.server import SMTPSession
 from extremail.store import Store
 
@@ -56,7 +57,7 @@ def smtp(request, tmp_path):
     threading.Thread(target=session.run, name="smtp-session", daemon=True).start()
     client_end.settimeout(10)
     client = SimpleNamespace(sock=client_end, reader=client_end.makefile("rb"), accepted=accepted,
-                             ended=ended, mode=request.param)
+                             ended=ended, mode=request.param, session=session)
     assert reply(client).startswith(b"220 ")
     client.sock.sendall(b"EHLO client.test\r\n")
     assert reply(client).startswith(b"250 ")
@@ -124,3 +125,25 @@ def test_a_client_leaving_in_the_middle_of_data_ends_its_session_only(smtp) -> N
     smtp.sock.sendall(b"Subject: cut\r\n\r\nno end mark")
     smtp.sock.shutdown(socket.SHUT_WR)
     assert smtp.ended.wait(10) and smtp.accepted == []
+
+
+def test_a_quota_check_runs_where_the_acceptance_runs(smtp, monkeypatch) -> None:
+    """RCPT for a user with a QUOTA lists a Maildir: on a worker when the loop serves other
+    sessions too.  Its refusal and pipelined replies keep their order."""
+    where: list[str] = []
+
+    def full_mailbox() -> None:
+        where.append(threading.current_thread().name)
+        raise Refusal(reply_module.OVER_QUOTA_TEMP)
+
+    def check(recipient: str):
+        return full_mailbox if recipient.startswith("full@") else None
+    smtp.session.check_recipient = check
+    smtp.sock.sendall(b"MAIL FROM:<a@x.test>\r\nRCPT TO:<full@y.test>\r\nRCPT TO:<b@y.test>\r\n"
+                      b"RCPT TO:<full@y.test>\r\nDATA\r\n")
+    assert codes(smtp, 5) == [250, 452, 250, 452, 354]
+    smtp.sock.sendall(b"Subject: s\r\n\r\nbody\r\n.\r\n")
+    assert codes(smtp, 1) == [250]
+    prefix = {"thread": "smtp-", "loop": "event-loop-worker", "loop-alone": "event-loop"}[smtp.mode]
+    assert len(where) == 2 and all(name.startswith(prefix) for name in where)
+    assert all((prefix == "event-loop-worker") == ("worker" in name) for name in where)

@@ -28,9 +28,10 @@ from __future__ import annotations
 import itertools
 import re
 import time
+from collections.abc import Callable
 from datetime import UTC, datetime
 from email.utils import format_datetime
-from typing import Any
+from typing import Any, NoReturn
 
 from .. import VERSION, delivery, log, policy, reply, routing
 from ..envelope import Envelope
@@ -224,25 +225,42 @@ class SMTPSession(Session):
             recipient = address.parse_rcpt(arg).address
             if len(self.rcpts) >= self.cfg.CFG_MAX_RCPT:  # RFC 5321 4.5.3.1.10
                 raise Refusal(reply.TOO_MANY_RCPTS)
-            self.check_recipient(recipient)
+            later = self.check_recipient(recipient)
         except Refusal as refusal:
-            self.log.info("%s: RCPT TO %s rejected: %s", self.describe(), arg[3:300].strip(),
-                          refusal.reply)
-            raise
+            self._rcpt_refused(arg, refusal)
+        if later is None:
+            self._rcpt_accepted(recipient)
+            return
+        # A quota check lists a Maildir: on a worker when the event loop serves the session.
+        self.io.offload(lambda: _refusal_of(later),
+                        lambda refusal: self._rcpt_checked(arg, recipient, refusal))
+
+    def _rcpt_checked(self, arg: str, recipient: str, refusal: Refusal | None) -> None:
+        if refusal is not None:
+            self._rcpt_refused(arg, refusal)
+        self._rcpt_accepted(recipient)
+
+    def _rcpt_refused(self, arg: str, refusal: Refusal) -> NoReturn:
+        self.log.info("%s: RCPT TO %s rejected: %s", self.describe(), arg[3:300].strip(),
+                      refusal.reply)
+        raise refusal
+
+    def _rcpt_accepted(self, recipient: str) -> None:
         if recipient.lower() not in (known.lower() for known in self.rcpts):
             self.rcpts.append(recipient)
         self.state = "rcpt"
         self.log.log(log.DETAIL, "%s: RCPT TO:<%s> accepted", self.describe(), recipient)
         self.send(reply.RCPT_OK, f"<{recipient}> Recipient OK")
 
-    def check_recipient(self, recipient: str) -> None:
-        """Deny entries, then a local mailbox or the relay policy (DESIGN.md rule 2)."""
+    def check_recipient(self, recipient: str) -> Callable[[], None] | None:
+        """Deny entries, then a local mailbox or the relay policy (DESIGN.md rule 2);
+        returns the checks that may block (a quota's Maildir listing), if any."""
         store = self.ctx.store
         policy.check_recipient(store, recipient)
         if routing.is_local(store, recipient):
-            delivery.check_rcpt(self.ctx, recipient, self.mail_from, self.declared_size)
-        else:
-            policy.check_relay(self.ctx, self.peer_ip, self.authenticated)
+            return delivery.check_rcpt(self.ctx, recipient, self.mail_from, self.declared_size)
+        policy.check_relay(self.ctx, self.peer_ip, self.authenticated)
+        return None
 
     def do_data(self, arg: str) -> None:
         """354, then the message data: read here on a thread, or in the event loop as it
@@ -376,6 +394,15 @@ class SMTPSession(Session):
         "VRFY": (do_vrfy, ANYWHERE),
         **dict.fromkeys(NOT_IMPLEMENTED, (do_not_implemented, ANYWHERE)),
     }
+
+
+def _refusal_of(check: Callable[[], None]) -> Refusal | None:
+    """Run ``check``; the refusal it raises, as a result (a worker hands it back)."""
+    try:
+        check()
+    except Refusal as refusal:
+        return refusal
+    return None
 
 
 def _counting_errors(handler: Handler) -> Handler:
