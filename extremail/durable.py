@@ -11,7 +11,6 @@ import ctypes
 import errno
 import os
 import threading
-from collections.abc import Callable
 
 
 def fsync_directory(path: str) -> None:
@@ -91,45 +90,45 @@ def sync_directory(path: str) -> None:
     _group.sync([path])
 
 
-def write_new(path: str, data: bytes, mode: int = 0o600) -> None:
-    """Create ``path`` exclusively, write all of ``data`` and fsync it; on failure
-    nothing is left at ``path``."""
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
-    try:
-        _write_all(fd, data)
-        os.fsync(fd)
-    except BaseException:
-        os.close(fd)
-        try:
-            os.unlink(path)
-        except OSError:
-            pass
-        raise
-    os.close(fd)
-
-
-def _through(tmp: str, data: bytes, mode: int, place: Callable[[], None]) -> None:
-    """Write ``tmp`` whole and fsynced, then ``place`` it (a link or a rename); on failure
-    nothing is left at ``tmp``."""
-    write_new(tmp, data, mode)
-    try:
-        place()
-    except BaseException:
-        os.unlink(tmp)
-        raise
-
-
 def publish(tmp: str, path: str, data: bytes, mode: int = 0o600) -> None:
     """Create the new file ``path`` holding ``data``, fsynced, that nobody sees before it is
     whole (the Maildir rule, and the spool's commit), and never in place of another file;
-    the caller fsyncs its directory.
+    the caller fsyncs its directory.  On failure nothing is left at either place.
 
-    Where the kernel allows, the file is written without a name (O_TMPFILE, a spare one
-    made ahead on the file system of ``tmp``) and then linked at ``path``: no entry is
-    made in a directory and taken out again, and the file's fsync writes no directory
-    (ext4 without a journal syncs the directory of a newly named file with it).
-    Otherwise it is written as ``tmp``, linked at ``path`` and unlinked.  On failure
-    nothing is left at either place.
+    The file is written, named ``tmp``, fsynced, and renamed to ``path``.  It has a name
+    before its fsync because that fsync writes the inode, link count included: a file
+    fsynced without a name is written with a count of 0, and ext4 without a journal (like
+    ext2) writes that inode again only with its periodic writeback, half a minute later,
+    so a power cut before then would have fsck free the acknowledged message as a
+    deleted file.
+    """
+    _write_named(tmp, data, mode)
+    try:
+        _rename_new(tmp, path)
+    except BaseException:
+        _unlink_quietly(tmp)
+        raise
+
+
+def _write_named(tmp: str, data: bytes, mode: int) -> None:
+    """Write ``data`` to a new file named ``tmp`` and fsync it; on failure nothing is left
+    at ``tmp``."""
+    fd = _named(tmp, data, mode)
+    try:
+        os.fsync(fd)
+    except BaseException:
+        _unlink_quietly(tmp)
+        raise
+    finally:
+        os.close(fd)
+
+
+def _named(tmp: str, data: bytes, mode: int) -> int:
+    """An open file holding ``data`` and named ``tmp``, not yet fsynced.
+
+    Where the kernel allows, it is a spare opened ahead without a name (O_TMPFILE, made on
+    the file system of ``tmp``) and linked at ``tmp`` once written, so no inode is
+    allocated on a message's path; otherwise it is created at ``tmp``.
     """
     if _anonymous.usable:
         directory = os.path.dirname(tmp)
@@ -142,26 +141,50 @@ def publish(tmp: str, path: str, data: bytes, mode: int = 0o600) -> None:
         else:
             try:
                 _write_all(fd, data)
-                os.fsync(fd)
-                try:
-                    linked = _anonymous.link(fd, path)
-                except OSError as exc:
-                    if exc.errno != errno.EXDEV:
-                        raise
-                    linked = False
-            finally:
+                linked = _anonymous.link(fd, tmp)
+            except OSError as exc:
+                if exc.errno != errno.EXDEV:
+                    os.close(fd)
+                    raise
+                linked = False
+            except BaseException:
                 os.close(fd)
+                raise
             if linked:
-                return
+                return fd
+            os.close(fd)
             if _spares.set_apart(directory):  # the spare was made on another mount of its device
-                publish(tmp, path, data, mode)
-                return
+                return _named(tmp, data, mode)
             _anonymous.usable = False
-    _through(tmp, data, mode, lambda: os.link(tmp, path))
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
     try:
-        os.unlink(tmp)
+        _write_all(fd, data)
+    except BaseException:
+        os.close(fd)
+        _unlink_quietly(tmp)
+        raise
+    return fd
+
+
+def _rename_new(source: str, target: str) -> None:
+    """Rename ``source`` to ``target``, which must not exist (FileExistsError): with
+    ``renameat2(RENAME_NOREPLACE)``, or where a file system lacks it, a link and an unlink."""
+    if _noreplace.usable:
+        if _noreplace.rename(os.fsencode(source), os.fsencode(target)) == 0:
+            return
+        code = ctypes.get_errno()
+        if code not in (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP):
+            raise OSError(code, os.strerror(code), target)
+        _noreplace.usable = False
+    os.link(source, target)
+    _unlink_quietly(source)  # published all the same; a name left in tmp is only clutter
+
+
+def _unlink_quietly(path: str) -> None:
+    try:
+        os.unlink(path)
     except OSError:
-        pass  # published all the same; a name left in tmp is only clutter
+        pass
 
 
 def _open_unnamed(directory: str, mode: int) -> int:
@@ -248,6 +271,8 @@ class _SpareFiles:
 _spares = _SpareFiles()
 
 
+_libc = ctypes.CDLL(None, use_errno=True)
+
 # What O_TMPFILE's open fails with where a file system or kernel lacks it.
 _NO_TMPFILE = (errno.EOPNOTSUPP, errno.EISDIR, errno.EINVAL)
 
@@ -260,8 +285,7 @@ class _AnonymousFiles:
     def __init__(self) -> None:
         self.usable = hasattr(os, "O_TMPFILE")
         self._empty_path = True
-        libc = ctypes.CDLL(None, use_errno=True)
-        self._linkat = libc.linkat
+        self._linkat = _libc.linkat
         self._linkat.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p,
                                  ctypes.c_int]
 
@@ -289,9 +313,27 @@ def _no_directory(path: str) -> bool:
     return not os.path.isdir(os.path.dirname(path))
 
 
+class _NoReplace:
+    """``renameat2(..., RENAME_NOREPLACE)`` (Linux 3.15, glibc 2.28): a rename that refuses
+    to replace a file, in one step; :func:`_rename_new` stops trying where it is lacking."""
+
+    def __init__(self) -> None:
+        self._renameat2 = getattr(_libc, "renameat2", None)
+        self.usable = self._renameat2 is not None
+        if self._renameat2 is not None:
+            self._renameat2.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int,
+                                        ctypes.c_char_p, ctypes.c_uint]
+
+    def rename(self, source: bytes, target: bytes) -> int:
+        """0, or -1 with the reason in ``ctypes.get_errno()``."""
+        return self._renameat2(_AT_FDCWD, source, _AT_FDCWD, target, _RENAME_NOREPLACE)
+
+
 _AT_FDCWD = -100
 _AT_EMPTY_PATH = 0x1000
+_RENAME_NOREPLACE = 1
 _anonymous = _AnonymousFiles()
+_noreplace = _NoReplace()
 
 
 def _write_all(fd: int, data: bytes) -> None:
@@ -303,9 +345,11 @@ def _write_all(fd: int, data: bytes) -> None:
 def atomic_write(path: str, data: bytes, mode: int = 0o600) -> None:
     """Replace ``path`` with ``data`` so that readers see the old or the new file, never a mix."""
     tmp = f"{path}.tmp.{os.getpid()}.{threading.get_ident()}"
+    _unlink_quietly(tmp)  # left by a crash of an earlier process with the same pid
+    _write_named(tmp, data, mode)
     try:
-        os.unlink(tmp)  # left by a crash of an earlier process with the same pid
-    except FileNotFoundError:
-        pass
-    _through(tmp, data, mode, lambda: os.rename(tmp, path))
+        os.rename(tmp, path)
+    except BaseException:
+        _unlink_quietly(tmp)
+        raise
     fsync_directory(os.path.dirname(path) or ".")

@@ -1,9 +1,10 @@
 """Maildir mailboxes (tmp/new/cur), as Dovecot, mutt and qmail read them.
 
-Delivery follows the Maildir protocol: a uniquely named file is written and fsynced in
-``tmp/`` (unnamed there, with O_TMPFILE, where the kernel allows: see
-:func:`extremail.durable.publish`), then linked into ``new/`` and the directory fsynced,
-so a reader never sees a partial message and a crash never loses an acknowledged one.
+Delivery follows the Maildir protocol: a uniquely named file is written in ``tmp/`` (a
+file opened ahead without a name, where the kernel allows, named once written: see
+:func:`extremail.durable.publish`) and fsynced, then renamed into ``new/`` and the
+directory fsynced, so a reader never sees a partial message and a crash never loses an
+acknowledged one.
 
 Files hold the message with LF line ends (the Maildir convention).  Names carry the
 sizes the way Dovecot writes them: ``<secs>.M<usecs>P<pid>Q<n>.<host>,S=<size>,W=<size

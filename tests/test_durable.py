@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import errno
 import os
+import stat
 import threading
 import time
 
@@ -132,6 +133,34 @@ def test_publish_without_a_name_in_tmp(tmp_path) -> None:
         pytest.skip("this kernel or process cannot link unnamed files")
     _publish_and_check(tmp_path)
     assert durable._anonymous.usable
+
+
+@pytest.mark.parametrize("unnamed", [True, False], ids=["spare", "created"])
+def test_a_published_file_is_fsynced_with_its_name(monkeypatch, tmp_path, unnamed) -> None:
+    """The fsync that makes the message durable writes its inode with a link count of 1:
+    fsynced without a name, a file has 0 on disk, which ext4 without a journal keeps for
+    half a minute after the rename, and fsck frees as a deleted file after a power cut."""
+    if unnamed and not durable._anonymous.usable:
+        pytest.skip("this kernel or process cannot link unnamed files")
+    monkeypatch.setattr(durable._anonymous, "usable", unnamed)
+    real_fsync = durable.os.fsync
+    links: list[int] = []
+
+    def fsync(fd: int) -> None:
+        if stat.S_ISREG(os.fstat(fd).st_mode):
+            links.append(os.fstat(fd).st_nlink)
+        real_fsync(fd)
+    monkeypatch.setattr(durable.os, "fsync", fsync)
+    _publish_and_check(tmp_path)
+    durable.atomic_write(str(tmp_path / "data"), b"table\n")
+    assert len(links) >= 2 and set(links) == {1}, links  # messages and a data file
+
+
+def test_publish_where_a_rename_cannot_refuse_to_replace(monkeypatch, tmp_path) -> None:
+    """Without renameat2's RENAME_NOREPLACE (old kernels and C libraries, some file
+    systems) a link and an unlink do the rename."""
+    monkeypatch.setattr(durable._noreplace, "usable", False)
+    _publish_and_check(tmp_path)
 
 
 def test_publish_through_tmp_where_unnamed_files_cannot_be_linked(monkeypatch, tmp_path) -> None:

@@ -10,11 +10,11 @@ Layout under DIR_QUEUE_MBOX (STYLE.md habit 5, after Postfix ``mail_queue.c``)::
     corrupt/      files that could not be read: kept for inspection
 
 Commit protocol (DESIGN.md rule 1): the file is written in one go in DIR_TMP and fsynced
-(unnamed there where the kernel allows, :func:`extremail.durable.publish`), linked into
-``msg/`` (the commit point) and the directory fsynced.  Only then may the SMTP session
-say 250.  One file, so a message costs one file fsync and one (shared,
-:func:`extremail.durable.sync_directory`) directory fsync.  A crash before the link
-leaves at most leftovers in DIR_TMP, which :meth:`Spool.recover` removes.  State
+there (:func:`extremail.durable.publish`), renamed into ``msg/`` (the commit point) and
+the directory fsynced.  Only then may the SMTP session say 250.  One file, so a message
+costs one file fsync and one (shared, :func:`extremail.durable.sync_directory`)
+directory fsync.  A crash before the rename leaves at most leftovers in DIR_TMP, which
+:meth:`Spool.recover` removes.  State
 updates rewrite ``env/<id>`` atomically (temp file, fsync, rename, fsync dir), so it is
 always the old or the new version.
 
