@@ -4,6 +4,7 @@ as a separate process (so a test can stop it, ``kill -9`` it and start it again)
 from __future__ import annotations
 
 import os
+import random
 import signal
 import socket
 import subprocess
@@ -28,8 +29,39 @@ def wait_until(condition: Callable[[], object], timeout: float = 15.0, what: str
         time.sleep(interval)
 
 
+def _port_block() -> range:
+    """This pytest worker's own ports, below the kernel's ephemeral range: a port the kernel
+    hands out (``bind`` to 0) can be taken by any test's client connection before the server
+    binds it, and the server then fails to start."""
+    try:
+        with open("/proc/sys/net/ipv4/ip_local_port_range") as handle:
+            low = int(handle.read().split()[0])
+    except (OSError, ValueError, IndexError):
+        low = 32768
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "gw0")[2:]
+    size = (low - 10000) // max(workers, 1)
+    start = 10000 + (int(worker) if worker.isdigit() else 0) * size
+    return range(start, start + size)
+
+
+_PORTS = _port_block()
+_next_port = random.randrange(len(_PORTS)) if len(_PORTS) > 0 else 0
+
+
 def free_port() -> int:
-    with socket.socket() as sock:
+    """A loopback port nothing listens on, and that no client socket will take."""
+    global _next_port
+    for _ in range(len(_PORTS)):
+        port = _PORTS[_next_port]
+        _next_port = (_next_port + 1) % len(_PORTS)
+        with socket.socket() as sock:
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    with socket.socket() as sock:  # no room below the ephemeral range
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
 

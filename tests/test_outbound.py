@@ -6,11 +6,11 @@ from __future__ import annotations
 
 import logging
 import os
-import socket
 from types import SimpleNamespace
 
 import pytest
 from dnsserver import DNSServer
+from harness import free_port
 from smtpsink import SMTPSink, sinks_on_one_port
 
 from extremail import config
@@ -68,12 +68,6 @@ def world(tmp_path, dns_server):
     yield make
     for sink in made:
         sink.close()
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def message(tmp_path, recipients, sender="a@here.test", data=MESSAGE) -> QueuedMessage:
