@@ -4,7 +4,8 @@ Delivery follows the Maildir protocol: a uniquely named file is written in ``tmp
 file opened ahead without a name, where the kernel allows, named once written: see
 :func:`extremail.durable.publish`) and fsynced, then renamed into ``new/`` and the
 directory fsynced, so a reader never sees a partial message and a crash never loses an
-acknowledged one.
+acknowledged one.  What a crash leaves in ``tmp/`` is removed after 36 hours
+(:meth:`Maildir.clean_tmp`, at the owner's POP3 login).
 
 Files hold the message with LF line ends (the Maildir convention).  Names carry the
 sizes the way Dovecot writes them: ``<secs>.M<usecs>P<pid>Q<n>.<host>,S=<size>,W=<size
@@ -27,6 +28,9 @@ from dataclasses import dataclass
 from .durable import fsync_directory, publish, sync_directory
 
 SUBDIRS = ("tmp", "new", "cur")
+# maildir(5): a file in tmp/ untouched for 36 hours is left over from an interrupted
+# delivery (here: a crash between the file's fsync and its rename into new/).
+STALE_TMP = 36 * 3600
 _counter = itertools.count(1)
 _counter_lock = threading.Lock()
 
@@ -188,6 +192,24 @@ class Maildir:
                 entries.append(Entry(uid, item.path, size, vsize, stat.st_mtime))
         entries.sort(key=lambda e: (e.mtime, e.uid))
         return entries
+
+    def clean_tmp(self, now: float | None = None) -> int:
+        """Remove the files in tmp/ not modified for :data:`STALE_TMP`; returns how many.
+        A delivery in progress writes its file within the second, so none is touched."""
+        limit = (time.time() if now is None else now) - STALE_TMP
+        removed = 0
+        try:
+            items = list(os.scandir(os.path.join(self.path, "tmp")))
+        except (FileNotFoundError, NotADirectoryError):
+            return 0
+        for item in items:
+            try:
+                if item.is_file(follow_symlinks=False) and item.stat().st_mtime < limit:
+                    os.unlink(item.path)
+                    removed += 1
+            except FileNotFoundError:
+                continue  # removed meanwhile by another reader
+        return removed
 
     def usage(self) -> int:
         """Bytes used, for quotas (from the S= sizes in the names)."""

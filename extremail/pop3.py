@@ -180,7 +180,12 @@ class POP3Session(Session):
             self.log.info("%s: login of %s refused: mailbox in use", self.describe(), user.address)
             raise Refusal(IN_USE)
         try:
-            self.drop = Maildrop(Maildir(path).scan())
+            maildir = Maildir(path)
+            stale = maildir.clean_tmp()
+            if stale:
+                self.log.info("%s: removed %d stale files from the tmp/ of %s", self.describe(),
+                              stale, user.address)
+            self.drop = Maildrop(maildir.scan())
         except Exception as exc:  # whatever went wrong, the lock must not outlive the attempt
             LOCKS.release(path)
             self.log.error("%s: cannot read the mailbox of %s: %s", self.describe(),

@@ -475,6 +475,24 @@ def test_top_sends_the_header_and_n_body_lines(server):
     client.quit()
 
 
+def test_login_removes_files_left_in_tmp_for_36_hours(server):
+    store_directly(server, message("kept"))
+    tmp = os.path.join(server.maildir("mick", "acme.test"), "tmp")
+    stale, fresh = os.path.join(tmp, "1.interrupted"), os.path.join(tmp, "2.in-progress")
+    for path in (stale, fresh):
+        with open(path, "wb") as handle:
+            handle.write(b"Subject: partial\n")
+    old = time.time() - 37 * 3600
+    os.utime(stale, (old, old))
+    client = pop(server)
+    assert client.stat()[0] == 1
+    client.quit()
+    assert not os.path.exists(stale)
+    assert os.path.exists(fresh)
+    wait_until(lambda: "removed 1 stale files from the tmp/ of mick@acme.test" in server.log_text(),
+               10, "the log line")
+
+
 # ---- idle sessions, observability ----
 def test_idle_session_times_out(make_server):
     server = make_server(TIMEOUT_POP3="2")
