@@ -106,7 +106,7 @@ def publish(tmp: str, path: str, data: bytes, mode: int = 0o600) -> None:
     try:
         _rename_new(tmp, path)
     except BaseException:
-        _unlink_quietly(tmp)
+        unlink_quietly(tmp)
         raise
 
 
@@ -117,7 +117,7 @@ def _write_named(tmp: str, data: bytes, mode: int) -> None:
     try:
         os.fsync(fd)
     except BaseException:
-        _unlink_quietly(tmp)
+        unlink_quietly(tmp)
         raise
     finally:
         os.close(fd)
@@ -161,7 +161,7 @@ def _named(tmp: str, data: bytes, mode: int) -> int:
         _write_all(fd, data)
     except BaseException:
         os.close(fd)
-        _unlink_quietly(tmp)
+        unlink_quietly(tmp)
         raise
     return fd
 
@@ -177,10 +177,11 @@ def _rename_new(source: str, target: str) -> None:
             raise OSError(code, os.strerror(code), target)
         _noreplace.usable = False
     os.link(source, target)
-    _unlink_quietly(source)  # published all the same; a name left in tmp is only clutter
+    unlink_quietly(source)  # published all the same; a name left in tmp is only clutter
 
 
-def _unlink_quietly(path: str) -> None:
+def unlink_quietly(path: str) -> None:
+    """Remove ``path`` if it can be; for clean-ups whose failure changes nothing."""
     try:
         os.unlink(path)
     except OSError:
@@ -345,11 +346,11 @@ def _write_all(fd: int, data: bytes) -> None:
 def atomic_write(path: str, data: bytes, mode: int = 0o600) -> None:
     """Replace ``path`` with ``data`` so that readers see the old or the new file, never a mix."""
     tmp = f"{path}.tmp.{os.getpid()}.{threading.get_ident()}"
-    _unlink_quietly(tmp)  # left by a crash of an earlier process with the same pid
+    unlink_quietly(tmp)  # left by a crash of an earlier process with the same pid
     _write_named(tmp, data, mode)
     try:
         os.rename(tmp, path)
     except BaseException:
-        _unlink_quietly(tmp)
+        unlink_quietly(tmp)
         raise
     fsync_directory(os.path.dirname(path) or ".")

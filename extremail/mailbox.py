@@ -25,7 +25,7 @@ import threading
 import time
 from dataclasses import dataclass
 
-from .durable import fsync_directory, publish, sync_directory
+from .durable import fsync_directory, publish, sync_directory, unlink_quietly
 
 SUBDIRS = ("tmp", "new", "cur")
 # maildir(5): a file in tmp/ untouched for 36 hours is left over from an interrupted
@@ -138,7 +138,7 @@ class Maildir:
             try:
                 sync_directory(self.new_dir)
             except BaseException:
-                _unlink_quietly(final)
+                unlink_quietly(final)
                 raise
         return final
 
@@ -215,9 +215,3 @@ class Maildir:
         """Bytes used, for quotas (from the S= sizes in the names)."""
         return sum(entry.size for entry in self.scan())
 
-
-def _unlink_quietly(path: str) -> None:
-    try:
-        os.unlink(path)
-    except OSError:
-        pass
