@@ -214,4 +214,3 @@ class Maildir:
     def usage(self) -> int:
         """Bytes used, for quotas (from the S= sizes in the names)."""
         return sum(entry.size for entry in self.scan())
-
