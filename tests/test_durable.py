@@ -127,7 +127,7 @@ def _publish_and_check(tmp_path) -> None:
     assert list((tmp_path / "tmp").iterdir()) == []
 
 
-def test_publish_without_a_name_in_tmp(tmp_path) -> None:
+def test_publish_from_a_spare_unnamed_file(tmp_path) -> None:
     """Where O_TMPFILE and a link of it work (here, as root), that is the way taken."""
     if not durable._anonymous.usable:
         pytest.skip("this kernel or process cannot link unnamed files")

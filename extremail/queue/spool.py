@@ -14,9 +14,8 @@ there (:func:`extremail.durable.publish`), renamed into ``msg/`` (the commit poi
 the directory fsynced.  Only then may the SMTP session say 250.  One file, so a message
 costs one file fsync and one (shared, :func:`extremail.durable.sync_directory`)
 directory fsync.  A crash before the rename leaves at most leftovers in DIR_TMP, which
-:meth:`Spool.recover` removes.  State
-updates rewrite ``env/<id>`` atomically (temp file, fsync, rename, fsync dir), so it is
-always the old or the new version.
+:meth:`Spool.recover` removes.  State updates rewrite ``env/<id>`` atomically (temp
+file, fsync, rename, fsync dir), so it is always the old or the new version.
 
 Removal (every recipient final) unlinks the message, then its state file, without
 fsyncing either directory: only a power failure (not ``kill -9``: the kernel keeps the
