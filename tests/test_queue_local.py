@@ -98,6 +98,9 @@ def test_exit_75_is_retried_and_listed_then_delivered_on_resend(piped) -> None:
     assert (sender, rcpt, attempts, status) == ("a@remote.test", "pipe@acme.test", "1", "queued")
     assert all(re.fullmatch(DATE, d) for d in (entry, retry, last)) and retry > last
     assert 0 <= int(secs) < 60 and int(size) > 40
+    # The attempt is on record before the program runs: wait for its result before the
+    # program is told to succeed, or the first attempt itself may deliver.
+    assert server.logged("relay=pipe status=deferred")
     set_exit(tmp_path, 0)
     admin = server.admin()
     assert admin.cmd("QUEUE RESEND ALL") == "+OK 1 queued mail scheduled for delivery now"
