@@ -11,6 +11,7 @@ import ctypes
 import errno
 import os
 import threading
+from collections.abc import Callable
 
 
 def fsync_directory(path: str) -> None:
@@ -102,25 +103,23 @@ def publish(tmp: str, path: str, data: bytes, mode: int = 0o600) -> None:
     so a power cut before then would have fsck free the acknowledged message as a
     deleted file.
     """
-    _write_named(tmp, data, mode)
-    try:
-        _rename_new(tmp, path)
-    except BaseException:
-        unlink_quietly(tmp)
-        raise
+    _write_and_rename(tmp, path, data, mode, _rename_new)
 
 
-def _write_named(tmp: str, data: bytes, mode: int) -> None:
-    """Write ``data`` to a new file named ``tmp`` and fsync it; on failure nothing is left
-    at ``tmp``."""
+def _write_and_rename(tmp: str, path: str, data: bytes, mode: int,
+                      rename: Callable[[str, str], None]) -> None:
+    """Write ``data`` to a new file named ``tmp``, fsync it, and ``rename`` it to ``path``;
+    on failure nothing is left at ``tmp``."""
     fd = _named(tmp, data, mode)
     try:
-        os.fsync(fd)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        rename(tmp, path)
     except BaseException:
         unlink_quietly(tmp)
         raise
-    finally:
-        os.close(fd)
 
 
 def _named(tmp: str, data: bytes, mode: int) -> int:
@@ -347,10 +346,5 @@ def atomic_write(path: str, data: bytes, mode: int = 0o600) -> None:
     """Replace ``path`` with ``data`` so that readers see the old or the new file, never a mix."""
     tmp = f"{path}.tmp.{os.getpid()}.{threading.get_ident()}"
     unlink_quietly(tmp)  # left by a crash of an earlier process with the same pid
-    _write_named(tmp, data, mode)
-    try:
-        os.rename(tmp, path)
-    except BaseException:
-        unlink_quietly(tmp)
-        raise
+    _write_and_rename(tmp, path, data, mode, os.rename)
     fsync_directory(os.path.dirname(path) or ".")
