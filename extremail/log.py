@@ -47,6 +47,22 @@ def redact(line: bytes) -> str:
     return line.decode("utf-8", "replace").rstrip("\r\n")
 
 
+def printable(text: str) -> str:
+    """``text`` with what a client may have sent to forge or garble log lines (control
+    characters, line breaks, the bytes that were not UTF-8) written as escapes: bytes
+    decoded with ``surrogateescape`` come back as the ``\\xNN`` they were."""
+    return "".join(char if char.isprintable() else _escape(char) for char in text)
+
+
+def _escape(char: str) -> str:
+    code = ord(char)
+    if 0xDC80 <= code <= 0xDCFF:
+        return f"\\x{code - 0xDC00:02x}"
+    if code < 0x100:
+        return f"\\x{code:02x}"
+    return f"\\u{code:04x}" if code < 0x10000 else f"\\U{code:08x}"
+
+
 class DailyLog(threading.Thread):
     """The one writer of ``DIR_LOG/eXtremail-YYYYMMDD.log`` (a new file each UTC day), and of
     stderr in the foreground.  Sessions only queue records; this thread formats them (the
@@ -92,7 +108,10 @@ class DailyLog(threading.Thread):
         if second != self._second:
             self._second = second
             self._stamp = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(second))
-        line = f"{self._stamp} {record.levelname} [{record.threadName}] {record.getMessage()}\n"
+        message = record.getMessage()
+        if not message.isprintable():
+            message = printable(message)
+        line = f"{self._stamp} {record.levelname} [{record.threadName}] {message}\n"
         if record.exc_text:
             line += record.exc_text + "\n"
         return line
@@ -106,7 +125,8 @@ class DailyLog(threading.Thread):
             if self._stream is not None:
                 self._stream.close()
             os.makedirs(self.directory, exist_ok=True)
-            self._stream = open(self.path_for(day), "a", encoding="utf-8")  # noqa: SIM115 (kept open)
+            self._stream = open(self.path_for(day), "a", encoding="utf-8",  # noqa: SIM115 (kept open)
+                                errors="backslashreplace")
             self._day = day
         self._stream.write(text)
         self._stream.flush()

@@ -19,7 +19,10 @@ class InvalidName(ValueError):
 
 def domain(text: str) -> str:
     """A domain name, lower-cased (RFC 1035 labels, at most 253 characters)."""
-    value = text.strip().lower().rstrip(".")
+    value = text.strip()
+    if not value.isascii():  # before lower(): the Kelvin sign would become "k"
+        raise InvalidName(f"bad domain {text[:80]!r}")
+    value = value.lower().rstrip(".")
     if not value or len(value) > 253:
         raise InvalidName(f"bad domain {text[:80]!r}")
     if not all(_LABEL.match(label) for label in value.split(".")):

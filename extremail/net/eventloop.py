@@ -281,8 +281,8 @@ class EventLoop:
         old.sock.setblocking(False)
         io = LoopIO(old.sock, old.buffer, old.bytes_in, old.bytes_out)
         session.io = io
-        io.settimeout(session.timeout())
         conn = _Connection(session, io)
+        self._between_commands(conn)  # idle: a stop now says goodbye to it
         self._touch(conn)
         self._selector.register(io.sock, selectors.EVENT_READ, conn)
         self._connections.add(conn)

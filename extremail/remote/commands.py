@@ -228,7 +228,7 @@ def _directory(req: Request, name: str, empty_ok: bool = False) -> str:
     if ".." in text.split("/"):
         raise CommandError(f"bad {name}={_show(text)!r}: '..' is not allowed")
     path = os.path.normpath(text)
-    if path == "/":
+    if not path.strip("/"):  # normpath keeps "//" (POSIX lets it mean something else)
         raise CommandError(f"bad {name}={text!r}: not the root directory")
     return path
 
