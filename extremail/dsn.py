@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import re
 import secrets
+import textwrap
 import time
 from email.utils import formatdate, make_msgid
 from typing import Any, Protocol
@@ -42,6 +43,8 @@ _SUBJECT = {FAILED: "Undelivered Mail Returned to Sender",
 _STATUS_RE = re.compile(r"^\s*(\d)\d\d[ -]+([245]\.\d{1,3}\.\d{1,3})\b")
 _CODE_RE = re.compile(r"^\s*([245])\d\d\b")
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]+")
+MAX_TEXT = 2000  # characters of a remote reply kept in a report
+WIDTH = 78       # RFC 5322 2.1.1: lines SHOULD be at most 78 characters
 
 
 class Outcomes(Protocol):
@@ -55,7 +58,7 @@ class Outcomes(Protocol):
 def status_code(reply_text: str, kind: str) -> str:
     """The RFC 3463 status of a reply: its enhanced code, or one made from its basic code."""
     match = _STATUS_RE.match(reply_text)
-    if match:
+    if match and match.group(2)[0] == match.group(1):  # RFC 3463 2: the classes agree
         return match.group(2)
     match = _CODE_RE.match(reply_text)
     if match and match.group(1) in "45":
@@ -64,7 +67,16 @@ def status_code(reply_text: str, kind: str) -> str:
 
 
 def _field(value: str) -> str:
-    return _CONTROL.sub(" ", value).strip().encode("ascii", "replace").decode("ascii")
+    """One line of printable ASCII, at most :data:`MAX_TEXT` characters (a remote reply may
+    run to 200 KB)."""
+    text = _CONTROL.sub(" ", value).strip().encode("ascii", "replace").decode("ascii")
+    return text if len(text) <= MAX_TEXT else text[:MAX_TEXT - 3] + "..."
+
+
+def _folded(line: str, indent: str, end: str) -> str:
+    """``line`` in lines of at most :data:`WIDTH` characters, each after the first starting
+    with ``indent`` (RFC 5322 2.1.1 and 2.2.3: a field folds at white space)."""
+    return end.join(textwrap.wrap(line, WIDTH, subsequent_indent=indent, break_on_hyphens=False))
 
 
 def _date(when: float) -> str:
@@ -98,7 +110,8 @@ def build(cfg: Any, kind: str, envelope: Envelope, original: bytes, recipients: 
     boundary = f"=_eXtremail_dsn_{secrets.token_hex(10)}"
     delimiter = f"--{boundary}"
     human = _human_text(cfg, kind)
-    human += "\n" + "".join(f"<{_field(r.address)}>: {_field(r.reply)}\n" for r in recipients)
+    human += "\n" + "".join(_folded(f"<{_field(r.address)}>: {_field(r.reply)}", "    ", "\n") + "\n"
+                             for r in recipients)
     human_bytes = human.encode("utf-8")
     human_cte = "7bit" if human.isascii() else "8bit"
 
@@ -115,7 +128,7 @@ def build(cfg: Any, kind: str, envelope: Envelope, original: bytes, recipients: 
         if r.remote_mta:
             status.append(f"Remote-MTA: dns; {_field(r.remote_mta)}")
         if r.reply:
-            status.append(f"Diagnostic-Code: smtp; {_field(r.reply)}")
+            status.append(_folded(f"Diagnostic-Code: smtp; {_field(r.reply)}", " ", "\r\n"))
         if r.last_attempt:
             status.append(f"Last-Attempt-Date: {_date(r.last_attempt)}")
         if kind == DELAYED:

@@ -16,6 +16,7 @@ from __future__ import annotations
 import socket
 import ssl
 import struct
+import time
 from collections.abc import Callable, Iterable
 from typing import TypeVar
 
@@ -79,7 +80,14 @@ class LineIO:
         self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, value)
         self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, value)
 
-    def _fill(self) -> None:
+    @property
+    def timeout(self) -> float | None:
+        """The bound of each read and write (:meth:`settimeout`), None when unbounded."""
+        return self._timeout if self._timeout is not None and self._timeout > 0 else None
+
+    def _fill(self, deadline: float | None = None) -> None:
+        if deadline is not None and time.monotonic() > deadline:
+            raise Timeout()
         try:
             chunk = self.sock.recv(self.bufsize)
         except (TimeoutError, BlockingIOError):  # BlockingIOError: SO_RCVTIMEO ran out
@@ -93,8 +101,9 @@ class LineIO:
         self.bytes_in += len(chunk)
         self.buffer += chunk
 
-    def readline(self, limit: int) -> bytes:
-        """One line without its line ending; at most ``limit`` bytes including CRLF."""
+    def readline(self, limit: int, deadline: float | None = None) -> bytes:
+        """One line without its line ending; at most ``limit`` bytes including CRLF.  With a
+        ``deadline`` (``time.monotonic()``), input still arriving past it is a Timeout."""
         scanned = 0
         while True:
             index = self.buffer.find(b"\n", scanned)
@@ -106,19 +115,19 @@ class LineIO:
                 del self.buffer[:index + 1]
                 return line[:-1] if line.endswith(b"\r") else line
             if len(self.buffer) > limit:
-                self._discard_line()
+                self._discard_line(deadline)
                 raise LineTooLong()
             scanned = len(self.buffer)
-            self._fill()
+            self._fill(deadline)
 
-    def _discard_line(self) -> None:
+    def _discard_line(self, deadline: float | None) -> None:
         while True:
             index = self.buffer.find(b"\n")
             if index >= 0:
                 del self.buffer[:index + 1]
                 return
             self.buffer.clear()
-            self._fill()
+            self._fill(deadline)
 
     def has_pending(self) -> bool:
         """True when the peer has already sent more input (pipelining)."""

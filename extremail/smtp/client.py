@@ -40,6 +40,7 @@ from .connections import ConnectionCache
 MAX_REPLY_LINE = 2048   # RFC 5321 4.5.3.1.5 says 512; peers send longer ones
 MAX_REPLY_LINES = 100   # a multi-line reply longer than this is garbage
 QUIT_TIMEOUT = 2.0      # seconds to wait for the reply to QUIT: the outcome is known already
+DEFAULT_REPLY_SECONDS = 300.0  # a whole reply, where no timeout is set (RFC 5321 4.5.3.2)
 _REPLY_LINE = re.compile(rb"^([2-5][0-9][0-9])([ -]|$)(.*)$", re.DOTALL)
 _ENHANCED = re.compile(r"^([245]\.\d{1,3}\.\d{1,3})(?: |$)")
 
@@ -95,12 +96,15 @@ def make_reply(code: int, lines: list[str]) -> Reply:
 
 def read_lines(io: LineIO) -> tuple[int, list[str]]:
     """One reply, multi-line allowed (RFC 5321 4.2.1): its code and the text of each line.
-    Only codes 2xx-5xx are replies; anything else is garbage (:class:`Broken`)."""
+    Only codes 2xx-5xx are replies; anything else is garbage (:class:`Broken`).  The whole
+    reply must come within the socket's timeout, so a peer that drips a byte at a time
+    cannot hold a delivery thread for ever."""
     lines: list[str] = []
     code = None
+    deadline = time.monotonic() + (io.timeout or DEFAULT_REPLY_SECONDS)
     for _ in range(MAX_REPLY_LINES):
         try:
-            raw = io.readline(MAX_REPLY_LINE)
+            raw = io.readline(MAX_REPLY_LINE, deadline)
         except Timeout:
             raise Broken(Reply(451, "4.4.2", "timeout waiting for the remote reply")) from None
         except Closed:
@@ -132,9 +136,20 @@ def extensions(lines: list[str]) -> dict[str, str]:
     return result
 
 
+def unexpected(reply: Reply) -> Reply:
+    """A positive reply where another was due is a broken peer, not a delivery: the
+    recipients wait for another attempt (never counted delivered by a stray 250)."""
+    return Reply(451, "4.5.0", f"unexpected reply: {reply}")
+
+
+def _refusal(reply: Reply) -> Reply:
+    """A reply that ends a recipient's attempt: the peer's own 4xx/5xx, or :func:`unexpected`."""
+    return reply if reply.code >= 400 else unexpected(reply)
+
+
 def _stop_unless(reply: Reply, code: int) -> Reply:
     if reply.code != code:
-        raise Refused(reply)
+        raise Refused(_refusal(reply))
     return reply
 
 
@@ -269,7 +284,7 @@ class Client:
         self._write(io, dot_stuff(data))  # RFC 5321 4.5.2 transparency
         reply = read_reply(io)
         if reply.code // 100 == 3:
-            reply = Reply(451, "4.5.0", f"unexpected reply to the end of data: {reply}")
+            reply = unexpected(reply)
         attempt.last = reply
         for rcpt in accepted:
             attempt.replies[rcpt] = reply
@@ -283,7 +298,7 @@ class Client:
         if code == 250:
             return extensions(lines)
         if code < 500:
-            raise Refused(attempt.last)
+            _stop_unless(attempt.last, 250)
         _stop_unless(self._command(io, attempt, f"HELO {self.helo_name}"), 250)
         return {}
 
@@ -298,7 +313,7 @@ class Client:
             # the replies are read in order.
             commands.append("DATA")
             self._write(io, "".join(c + "\r\n" for c in commands).encode("utf-8"))
-            replies = [read_reply(io) for _ in commands]
+            replies = self._replies(io, len(commands))
             go_ahead = replies.pop()
             attempt.last = replies[-1]
         else:
@@ -314,8 +329,22 @@ class Client:
         _stop_unless(replies[0], 250)
         for rcpt, reply in zip(recipients, replies[1:], strict=True):
             if rcpt not in accepted:
-                attempt.replies[rcpt] = reply
+                attempt.replies[rcpt] = _refusal(reply)
         return accepted, go_ahead
+
+    @staticmethod
+    def _replies(io: LineIO, count: int) -> list[Reply]:
+        """The replies to ``count`` pipelined commands.  A peer that says 421 and hangs up
+        (RFC 5321 3.8) is the reason the rest are missing, so its reply is what they get."""
+        replies: list[Reply] = []
+        for _ in range(count):
+            try:
+                replies.append(read_reply(io))
+            except Broken:
+                if replies and replies[-1].code == 421:
+                    raise Broken(replies[-1]) from None
+                raise
+        return replies
 
     def _command(self, io: LineIO, attempt: Attempt, line: str) -> Reply:
         self._write(io, (line + "\r\n").encode("utf-8"))
