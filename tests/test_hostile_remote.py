@@ -54,15 +54,21 @@ class Peer:
     def send(self, raw: bytes) -> None:
         self.conn.sendall(raw)
 
-    def line(self) -> bytes | None:
-        while b"\r\n" not in self.buffer:
+    def _until(self, done: Callable[[], bool]) -> bool:
+        """Read until ``done()``; False when the connection ends first."""
+        while not done():
             try:
                 chunk = self.conn.recv(65536)
             except OSError:
-                return None
+                return False
             if not chunk:
-                return None
+                return False
             self.buffer += chunk
+        return True
+
+    def line(self) -> bytes | None:
+        if not self._until(lambda: b"\r\n" in self.buffer):
+            return None
         index = self.buffer.index(b"\r\n")
         line = bytes(self.buffer[:index])
         del self.buffer[:index + 2]
@@ -70,14 +76,8 @@ class Peer:
         return line
 
     def data(self) -> bytes | None:
-        while b"\r\n.\r\n" not in self.buffer and not self.buffer.startswith(b".\r\n"):
-            try:
-                chunk = self.conn.recv(65536)
-            except OSError:
-                return None
-            if not chunk:
-                return None
-            self.buffer += chunk
+        if not self._until(lambda: b"\r\n.\r\n" in self.buffer or self.buffer.startswith(b".\r\n")):
+            return None
         if self.buffer.startswith(b".\r\n"):
             del self.buffer[:3]
             return b""
