@@ -29,7 +29,7 @@ from collections.abc import Callable
 from typing import Any
 
 from . import dsn, footer, log, reply, routing
-from .durable import sync_directories
+from .durable import sync_directories, sync_directory
 from .envelope import Envelope
 from .mailbox import Maildir
 from .net.lineio import to_lf
@@ -126,15 +126,22 @@ def deliver_local(ctx: Any, sender: str, content: bytes, targets: list[Target],
             outcomes[target.address] = _not_writable(exc)
         else:
             written[target.address] = maildir.new_dir
+    failed: dict[str, OSError] = {}
     try:
         # Every new/ at once: the links are all made, so fsyncs of concurrent deliveries
         # into the same Maildirs cover them too.
         sync_directories(list(written.values()))
-    except OSError as exc:
-        outcomes.update({address: _not_writable(exc) for address in written})
-    else:
-        outcomes.update({address: Outcome("delivered", "250 2.0.0 Delivered to mailbox")
-                         for address in written})
+    except OSError:
+        # Which one failed (a Maildir removed meanwhile with its user, a full disk): the
+        # copies safe in the others must not be queued a second time.
+        for path in dict.fromkeys(written.values()):
+            try:
+                sync_directory(path)
+            except OSError as exc:
+                failed[path] = exc
+    outcomes.update({address: _not_writable(failed[path]) if path in failed
+                     else Outcome("delivered", "250 2.0.0 Delivered to mailbox")
+                     for address, path in written.items()})
     for target in targets:
         outcome = outcomes[target.address]
         LOG.info("deliver %s from=<%s> to=<%s> orig=<%s> relay=local status=%s (%s)", queue_id or "-",
