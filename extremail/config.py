@@ -18,6 +18,8 @@ from types import MappingProxyType
 from typing import Any
 from collections.abc import Callable, Mapping
 
+from . import names
+
 DEFAULT_BASE = "/home/eXtremail"
 
 
@@ -33,11 +35,15 @@ def base_directory() -> str:
 # ---- value parsers: each takes the text and returns the value or raises ValueError ----
 
 def _int_range(low: int, high: int | None = None) -> Callable[[str], int]:
+    wanted = f"must be an integer {low}" + (f"..{high}" if high is not None else " or more")
+
     def parse(text: str) -> int:
+        digits = text[1:] if low < 0 and text.startswith("-") else text
+        if not (digits.isascii() and digits.isdigit()):  # int() also takes "1_0", "+1", "\\u0661"
+            raise ValueError(wanted)
         value = int(text, 10)
         if value < low or (high is not None and value > high):
-            upper = f"..{high}" if high is not None else " or more"
-            raise ValueError(f"must be an integer {low}{upper}")
+            raise ValueError(wanted)
         return value
     return parse
 
@@ -98,9 +104,16 @@ def _mailbox(text: str) -> str:
 
 
 def _hostname(text: str) -> str:
-    if not text or any(ord(ch) < 33 for ch in text) or "/" in text:
-        raise ValueError("must be a host name")
-    return text.lower()
+    """A domain name (RFC 1035 labels, as :func:`extremail.names.domain` checks them)."""
+    try:
+        return names.domain(text)
+    except names.InvalidName:
+        raise ValueError("must be a host name") from None
+
+
+def _hostname_or_empty(text: str) -> str:
+    """CFG_HOSTNAME: empty means the machine's own name."""
+    return _hostname(text) if text else ""
 
 
 @dataclass(frozen=True)
@@ -198,7 +211,7 @@ PARAMS: tuple[Param, ...] = (
     Param("CFG_BIND", "0.0.0.0", _address, "General", "Address every mail listener binds to"),
     Param("CFG_REMT_BIND", "127.0.0.1", _address, "General",
           "Address the management port binds to"),
-    Param("CFG_HOSTNAME", "", _text, "General",
+    Param("CFG_HOSTNAME", "", _hostname_or_empty, "General",
           "Name in greetings, Received: and HELO; empty = the machine's FQDN"),
     Param("CFG_DNS_SERVERS", "", _hostports(53), "General",
           "Comma list of ip[:port] resolvers; empty = the system's"),
@@ -274,23 +287,36 @@ def build(base: str, text: Mapping[str, str], path: str | None = None,
         try:
             value = param.parse(raw)
         except ValueError as exc:
-            where = f"{path}:{lines[param.name]}: " if lines and param.name in lines else ""
             reason = str(exc) if str(exc) and "invalid literal" not in str(exc) else "bad value"
-            raise ConfigError(f"{where}{param.name}={raw}: {reason}") from None
+            raise ConfigError(f"{_where(path, lines, param.name)}{param.name}={_shown(raw)}: "
+                              f"{reason}") from None
         if param.kind in ("file", "dir"):
             if not raw:
-                raise ConfigError(f"{param.name}: a path is required")
+                raise ConfigError(f"{_where(path, lines, param.name)}{param.name}: a path is required")
             value = _resolve_path(base, raw, param.kind)
         values[param.name] = value
         full_text[param.name] = raw
     return Config(base, values, full_text, path)
 
 
+def _where(path: str | None, lines: Mapping[str, int] | None, name: str) -> str:
+    """``FILE:LINE: `` of parameter ``name``, when it came from a file."""
+    return f"{path}:{lines[name]}: " if lines and name in lines else ""
+
+
+def _shown(raw: str) -> str:
+    """A value as an error message shows it: short, control characters escaped."""
+    text = raw if len(raw) <= 80 else raw[:77] + "..."
+    return text if text.isprintable() else repr(text)
+
+
 def parse_text(content: str, path: str) -> tuple[dict[str, str], dict[str, int]]:
-    """Split the file into NAME -> raw value, refusing unknown names and malformed lines."""
+    """Split the file into NAME -> raw value, refusing unknown names and malformed lines.
+    Lines end at LF only (``splitlines`` would also end them at a form feed or U+2028, and
+    every later line number would be off)."""
     found: dict[str, str] = {}
     lines: dict[str, int] = {}
-    for number, line in enumerate(content.splitlines(), 1):
+    for number, line in enumerate(content.split("\n"), 1):
         stripped = line.strip()
         if not stripped or stripped.startswith("#"):
             continue
@@ -316,12 +342,19 @@ def load(path: str | None = None, base: str | None = None) -> Config:
     base = base or base_directory()
     path = path or default_path(base)
     try:
-        with open(path, encoding="utf-8") as handle:
-            content = handle.read()
+        with open(path, "rb") as handle:
+            raw = handle.read()
     except FileNotFoundError:
-        content = ""
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"{path}: cannot read: {exc}") from None
+        raw = b""
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read: {exc.strerror or exc}") from None
+    try:
+        content = raw.decode("utf-8-sig")  # a byte order mark from a Windows editor is skipped
+    except UnicodeDecodeError as exc:
+        number = raw.count(b"\n", 0, exc.start) + 1
+        line = raw.split(b"\n")[number - 1]
+        name = line.partition(b"=")[0].strip().decode("ascii", "replace")
+        raise ConfigError(f"{path}:{number}: {_shown(name)}: not UTF-8 text") from None
     found, lines = parse_text(content, path)
     return build(base, found, path, lines)
 

@@ -79,7 +79,12 @@ class Server:
 
     # ---- start ----
     def bind(self) -> None:
-        """Bind every configured port; raise :class:`StartError` naming the one that fails."""
+        """Read the data files, then bind every configured port; raise :class:`StartError`
+        naming the data file line or the port that fails.  A data file that cannot be read
+        stops the start: running without its users would refuse their mail for good."""
+        problems = self.store.load()
+        if problems:
+            raise StartError("data file not loaded: " + "; ".join(problems))
         for service in services.SERVICES:
             port = getattr(self.cfg, service.port_param)
             if not port:
@@ -108,8 +113,6 @@ class Server:
     def start(self) -> None:
         """Load data and start every thread; call after :meth:`bind`."""
         cfg = self.cfg
-        for problem in self.store.load():
-            LOG.error("%s", problem)
         postmaster_domain = cfg.postmaster.rpartition("@")[2].lower()
         if not self.store.is_local_domain(postmaster_domain):
             LOG.warning("CFG_POSTMASTER=%s is not in a local domain: mail to postmaster is relayed "

@@ -7,6 +7,8 @@ control characters) or break a record (tab, newline) is refused here, once.
 
 from __future__ import annotations
 
+import ipaddress
+import os
 import re
 
 _LABEL = re.compile(r"^[a-z0-9_](?:[a-z0-9_-]{0,61}[a-z0-9_])?$")
@@ -53,6 +55,36 @@ def mailbox(text: str) -> str:
 def split_mailbox(text: str) -> tuple[str, str]:
     local, _, dom = mailbox(text).rpartition("@")
     return local, dom
+
+
+def directory(text: str) -> str:
+    """A user's Maildir chosen by the administrator: an absolute path without ``..`` that
+    is not the root, normalised."""
+    field(text, "directory")
+    if not text.startswith("/"):
+        raise InvalidName("must be an absolute path")
+    if ".." in text.split("/"):
+        raise InvalidName("'..' is not allowed")
+    path = os.path.normpath(text)
+    if not path.strip("/"):  # normpath keeps "//" (POSIX lets it mean something else)
+        raise InvalidName("not the root directory")
+    return path
+
+
+def deny_value(kind: str, text: str) -> str:
+    """The value of a deny entry of ``kind``, normalised so ADD and DEL of the same text
+    match: IPIN/IPOUT an address or ``address/mask`` (the manual's 194.30.30.11/16 means
+    the network 194.30.0.0/16), DOMAIN* a domain, MAILBOX* a mailbox."""
+    if kind in ("IPIN", "IPOUT"):
+        try:
+            if "/" in text:
+                return str(ipaddress.ip_network(text, strict=False))
+            return str(ipaddress.ip_address(text))
+        except ValueError:
+            raise InvalidName(f"bad {text[:80]!r}: expected an IP address or ip/mask") from None
+    if kind in ("DOMAININ", "DOMAINOUT"):
+        return domain(text)
+    return mailbox(text)
 
 
 def field(text: str, what: str = "value") -> str:

@@ -143,10 +143,15 @@ class Table(Generic[R]):
 
     def load(self) -> None:
         try:
-            with open(self.path, encoding="utf-8") as handle:
-                content = handle.read()
+            with open(self.path, "rb") as handle:
+                raw = handle.read()
         except FileNotFoundError:
-            content = ""
+            raw = b""
+        try:
+            content = raw.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            line = raw.count(b"\n", 0, exc.start) + 1
+            raise StoreError(f"{self.path}:{line}: not UTF-8 text") from None
         self.rows = MappingProxyType(self.parse(content))
 
     def render(self, rows: Iterable[R]) -> bytes:
@@ -166,10 +171,21 @@ def _check_local(r: Any) -> Any:
     return replace(r, name=names.local_part(r.name), domain=names.domain(r.domain))
 
 
+def _check_user(r: User) -> User:
+    """What USER ADD checks besides the name: sizes are not negative, DIR is an absolute
+    path, FORWARD and COPY are mailboxes."""
+    for size in ("quota", "maxinmailsize", "maxoutmailsize"):
+        if getattr(r, size) < 0:
+            raise ValueError(f"{size.upper()} must not be negative")
+    return replace(_check_local(r), dir=r.dir and names.directory(r.dir),
+                   forward=r.forward and names.mailbox(r.forward),
+                   copy=r.copy and names.mailbox(r.copy))
+
+
 def _check_deny(r: Deny) -> Deny:
     if r.kind not in DENY_KINDS:
         raise ValueError(f"unknown deny kind {r.kind[:20]!r}")
-    return r
+    return replace(r, value=names.deny_value(r.kind, r.value))
 
 
 def _check_member(r: MListUser) -> MListUser:
@@ -186,7 +202,7 @@ class Store:
         self.domains: Table[Domain] = Table(cfg.FILE_DOMAIN_DATA, Domain, lambda r: r.name,
                                             _check_domain)
         self.users: Table[User] = Table(cfg.FILE_USER_DATA, User, lambda r: (r.name, r.domain),
-                                        _check_local)
+                                        _check_user)
         self.aliases: Table[Alias] = Table(cfg.FILE_ALIAS_DATA, Alias,
                                            lambda r: (r.name, r.domain), _check_local)
         self.denies: Table[Deny] = Table(cfg.FILE_DENY_DATA, Deny, lambda r: (r.kind, r.value),
@@ -212,7 +228,7 @@ class Store:
             for table in self.tables:
                 try:
                     table.load()
-                except (StoreError, OSError, UnicodeDecodeError) as exc:
+                except (StoreError, OSError) as exc:
                     problems.append(str(exc))
                     LOG.error("data file not loaded, previous contents kept: %s", exc)
         return problems

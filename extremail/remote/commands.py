@@ -28,7 +28,6 @@ fields and paths, so names go through :mod:`extremail.names` and paths are check
 
 from __future__ import annotations
 
-import ipaddress
 import os
 import re
 import shlex
@@ -223,14 +222,10 @@ def _directory(req: Request, name: str, empty_ok: bool = False) -> str:
     if empty_ok and text == "":
         return ""
     _clean_text(name, text, MAX_PATH)
-    if not os.path.isabs(text):
-        raise CommandError(f"bad {name}={_show(text)!r}: must be an absolute path")
-    if ".." in text.split("/"):
-        raise CommandError(f"bad {name}={_show(text)!r}: '..' is not allowed")
-    path = os.path.normpath(text)
-    if not path.strip("/"):  # normpath keeps "//" (POSIX lets it mean something else)
-        raise CommandError(f"bad {name}={text!r}: not the root directory")
-    return path
+    try:
+        return names.directory(text)
+    except InvalidName as exc:
+        raise CommandError(f"bad {name}={_show(text)!r}: {exc}") from None
 
 
 def _footer_file(req: Request, name: str) -> str:
@@ -282,25 +277,9 @@ def _password(req: Request) -> str:
     return auth.hash_password(text)
 
 
-def _ip_or_net(name: str, text: str) -> str:
-    """IPIN/IPOUT: an address or ``address/mask`` (the manual's 194.30.30.11/16 means the
-    network 194.30.0.0/16), normalised so ADD and DEL of the same text match."""
-    try:
-        if "/" in text:
-            return str(ipaddress.ip_network(text, strict=False))
-        return str(ipaddress.ip_address(text))
-    except ValueError:
-        raise CommandError(f"bad {name}={_show(text)!r}: expected an IP address or ip/mask") \
-            from None
-
-
 def _deny_value(kind: str, text: str) -> str:
     try:
-        if kind in ("IPIN", "IPOUT"):
-            return _ip_or_net(kind, text)
-        if kind in ("DOMAININ", "DOMAINOUT"):
-            return names.domain(text)
-        return names.mailbox(text)
+        return names.deny_value(kind, text)
     except InvalidName as exc:
         raise CommandError(f"{kind}: {exc}") from None
 
