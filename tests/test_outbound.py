@@ -105,6 +105,17 @@ def test_soft_error_tries_next_mx_soft_at_last_defers(tmp_path, world):
     assert sinks["127.0.0.4"].messages == []
 
 
+def test_a_554_greeting_skips_to_the_next_mx(tmp_path, world):
+    """RFC 5321 3.1's "no service here" speaks for that host only (Postfix's
+    smtp_skip_5xx_greeting): the next MX takes the message."""
+    transport, sinks = world(["127.0.0.2", "127.0.0.3"])
+    sinks["127.0.0.2"].greeting = "554 5.7.1 no service here"
+    result = deliver(transport, tmp_path, ["u@dest.test"])
+    assert result["u@dest.test"].status == "delivered"
+    assert result["u@dest.test"].remote_mta == "mx2.dest.test"
+    assert len(sinks["127.0.0.3"].messages) == 1
+
+
 def test_hard_error_fails_without_trying_the_next_mx(tmp_path, world):
     transport, sinks = world(["127.0.0.2", "127.0.0.3"])
     sinks["127.0.0.2"].rcpt_replies = {"bad@dest.test": "550 5.1.1 no such user here"}

@@ -180,7 +180,7 @@ def test_dot_stuffing_round_trip(sink):
 
 
 @pytest.mark.parametrize("behaviour, code", [
-    ({"greeting": "554 5.7.1 go away"}, 554),
+    ({"greeting": "554 5.7.1 go away"}, 451),  # the next MX host, or a later round
     ({"greeting": "421 4.3.2 busy"}, 421),
     ({"mail_reply": "451 4.3.0 sender check failed"}, 451),
     ({"mail_reply": "553 5.7.1 sender refused"}, 553),

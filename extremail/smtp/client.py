@@ -222,8 +222,14 @@ class Client:
         io.settimeout(self.timeout)
         session = Session(io, {}, time.monotonic())
         try:
-            # RFC 5321 3.1: a 554 instead of the 220 greeting means "no service here".
-            attempt.last = _stop_unless(read_reply(io), 220)
+            greeting = read_reply(io)
+            if greeting.code >= 500:
+                # RFC 5321 3.1: "no service here", from this host: as Postfix does by
+                # default (smtp_skip_5xx_greeting), the next MX host is tried, and the
+                # message waits for the next round when none is left.
+                raise Refused(Reply(451, "4.4.0", f"{attempt.host} refused to talk to us: "
+                                                  f"{greeting}"))
+            attempt.last = _stop_unless(greeting, 220)
             attempt.connected = True
             session.features = self._ehlo(io, attempt)
         except Refused as exc:
