@@ -136,15 +136,15 @@ def extensions(lines: list[str]) -> dict[str, str]:
     return result
 
 
-def unexpected(reply: Reply) -> Reply:
+def _unexpected(reply: Reply) -> Reply:
     """A positive reply where another was due is a broken peer, not a delivery: the
     recipients wait for another attempt (never counted delivered by a stray 250)."""
     return Reply(451, "4.5.0", f"unexpected reply: {reply}")
 
 
 def _refusal(reply: Reply) -> Reply:
-    """A reply that ends a recipient's attempt: the peer's own 4xx/5xx, or :func:`unexpected`."""
-    return reply if reply.code >= 400 else unexpected(reply)
+    """A reply that ends a recipient's attempt: the peer's own 4xx/5xx, or :func:`_unexpected`."""
+    return reply if reply.code >= 400 else _unexpected(reply)
 
 
 def _stop_unless(reply: Reply, code: int) -> Reply:
@@ -290,7 +290,7 @@ class Client:
         self._write(io, dot_stuff(data))  # RFC 5321 4.5.2 transparency
         reply = read_reply(io)
         if reply.code // 100 == 3:
-            reply = unexpected(reply)
+            reply = _unexpected(reply)
         attempt.last = reply
         for rcpt in accepted:
             attempt.replies[rcpt] = reply
