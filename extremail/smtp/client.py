@@ -304,7 +304,7 @@ class Client:
         if code == 250:
             return extensions(lines)
         if code < 500:
-            _stop_unless(attempt.last, 250)
+            raise Refused(_refusal(attempt.last))
         _stop_unless(self._command(io, attempt, f"HELO {self.helo_name}"), 250)
         return {}
 
