@@ -116,6 +116,7 @@ class Run:
         if self.args.only:
             rows = [row for row in rows if row.letter in self.args.only.split(",")]
         print(f"bench: {self.args.mode} run, {reps} repetition(s), work in {self.work}")
+        print(f"bench: Python servers and load generator on {_interpreter()}")
         limits = machine.measure(self._dir("machine"), self.args.mode != "full")
         print("bench: machine: " + ", ".join(f"{k} {v}" for k, v in limits.items()))
         servers = self.servers()
@@ -150,7 +151,7 @@ class Run:
                   f"(eXtremail {check['extremail']}, bound {check['bound']})")
         os.makedirs(self.args.results, exist_ok=True)
         run_info = {"mode": self.args.mode, "repetitions": reps, "servers": servers,
-                    "skipped": self.skipped, "cores": os.cpu_count(),
+                    "skipped": self.skipped, "cores": os.cpu_count(), "python": _interpreter(),
                     "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "commit": _commit(),
                     "rows": {row.key: row.title for row in rows}}
         report.write_json(os.path.join(self.args.results, "latest.json"), scores, details,
@@ -214,6 +215,13 @@ class Run:
         finally:
             profiler.stop()
             print("\n".join(f"  {line}" for line in profile.summary(path)))
+
+
+def _interpreter() -> str:
+    """The Python that runs eXtremail, aiosmtpd and the load generator (it sets their CPU
+    per message): its version and the binary a venv was made from."""
+    binary = os.path.realpath(getattr(sys, "_base_executable", sys.executable))
+    return f"Python {sys.version.split()[0]} ({binary})"
 
 
 def _commit() -> str:
