@@ -9,10 +9,14 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import subprocess
 import sys
+import time
 
-from bench import scenarios
+import pytest
+
+from bench import loadgen, scenarios
 from bench.main import PEERS
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -46,3 +50,20 @@ def test_smoke_run_delivers_everything_and_writes_the_issue_shape(tmp_path):
                 assert figures["messages"] == row.messages, (row.key, server)
     assert {check["target"][:3] for check in document["targets"]} >= {"(a)", "(h)"}
     assert document["machine"]["fsync_4k_ms"] > 0
+    assert run["python"].startswith("Python 3.")
+
+
+def test_load_generator_gives_up_on_a_server_that_never_answers():
+    """Its sockets block with the kernel's time limit instead of Python's: a silent server
+    still ends the session with an error (an OSError, as the sessions catch) in time."""
+    with socket.socket() as server:
+        server.bind(("127.0.0.1", 0))
+        server.listen(1)
+        conn = loadgen.Connection(server.getsockname()[1], timeout=0.3)
+        try:
+            began = time.monotonic()
+            with pytest.raises(OSError):
+                conn.reply(b"220")
+            assert 0.2 < time.monotonic() - began < 5
+        finally:
+            conn.close()
